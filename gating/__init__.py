@@ -1,0 +1,27 @@
+"""gating: dynamic runtime channel gating for CNNs.
+
+Public API:
+
+* ``GateConfig``: how a network is gated (``gating.config``).
+* ``ChannelGatedConv2d``: the partial-sum gated convolution (``gating.gates``).
+* ``GatedModel``: wraps a CNN, swaps its convs, owns losses, stats, reports
+  (``gating.model``).
+* ``accounting``: exact MAC and byte counts (``Report``, ``count_model``).
+* ``models``: CIFAR ResNet-20/56; ``data``: built-in, CIFAR-10 and
+  ImageFolder datasets; ``distill``: knowledge-distillation trainer;
+  ``io``: atomic checkpoints.
+"""
+
+from .accounting import LayerCount, Report, count_model
+from .config import GateConfig
+from .gates import ChannelGatedConv2d
+from .model import GatedModel
+
+__all__ = [
+    "ChannelGatedConv2d",
+    "GateConfig",
+    "GatedModel",
+    "LayerCount",
+    "Report",
+    "count_model",
+]

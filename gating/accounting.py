@@ -1,0 +1,341 @@
+"""Exact counts of the work a (gated) network does for one batch (DESIGN §5).
+
+Counted layers are the ones ``torch.utils.flop_counter.FlopCounterMode``
+counts in a CNN: every convolution (``nn.Conv1d/2d/3d``, transposed too,
+``ChannelGatedConv2d``) and every ``nn.Linear``. Normalisation, activation,
+pooling and residual adds are taken as fused into the epilogues of these
+layers and not counted. FLOPs = 2 x MACs.
+
+MACs (per layer, batch ``N``, output ``[N, C_out, OH, OW]``, kernel
+``kh x kw``, input channels ``C_in``, ``g`` groups)::
+
+    conv dense      = N * OH * OW * C_out * (C_in / g) * kh * kw
+    conv transposed = N * H * W * C_in * (C_out / g) * kh * kw      (input positions)
+    linear          = (input.numel() / in_features) * in_features * out_features
+
+For a ``ChannelGatedConv2d`` with base mask ``B`` (``|B_c|`` base input
+channels of output ``c``) and decisions ``d[n, j, oh, ow]``::
+
+    base        = N * OH * OW * sum_c |B_c| * kh * kw
+    conditional = sum_{n, j, oh, ow} d[n, j, oh, ow] * sum_{c in j} (C_in - |B_c|) * kh * kw
+    gate        = N * OH * OW * C_out      (one multiply-add per output element:
+                                            a_c * Yp + b_c summed into the group)
+    executed    = base + conditional + gate
+
+Bytes (device memory traffic; ``e`` = element size of the activation dtype,
+``e_w`` of the weights; each element is read once per use, tiles never
+re-read; decisions are stored as 1 byte each)::
+
+    dense    = weights * e_w + bias * e_w + N*C_in*H*W * e + N*C_out*OH*OW * e
+    gated    = base weights * e_w + sum_{groups j on anywhere in the batch} conditional weights of j * e_w
+             + bias * e_w + 2 * C_out * 4                       (folded gate scale/shift, fp32)
+             + N * |union_c B_c| * H * W * e                    (base inputs, read in full)
+             + conditional input elements * e                   (below)
+             + N*C_out*OH*OW * e                                (outputs, all written)
+             + N * G * OH * OW                                  (decisions written)
+
+A conditional input element ``x[n, i, ih, iw]`` is read when some output
+position whose receptive field holds ``(ih, iw)`` has an active decision for a
+group that reads channel ``i`` conditionally. A layer run with its gates
+forced open (``GatedModel.open_gates``) is counted as the dense conv it
+computes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.partition import group_index
+
+from .gates import ChannelGatedConv2d
+
+COUNTED_TYPES = (nn.modules.conv._ConvNd, nn.Linear, ChannelGatedConv2d)
+
+
+@dataclass
+class LayerCount:
+    """Counts of one layer call. MACs are multiply-accumulates; bytes are bytes."""
+
+    name: str
+    kind: str  # "gated", "conv" or "linear"
+    macs_dense: int
+    macs_executed: int
+    bytes_dense: int
+    bytes_executed: int
+    gate_macs: int = 0
+    density: float | None = None  # fraction of decisions on (gated layers only)
+
+
+@dataclass
+class Report:
+    """Per-layer and total counts for the last forward of a model."""
+
+    layers: list[LayerCount] = field(default_factory=list)
+
+    @property
+    def macs_dense(self) -> int:
+        return sum(layer.macs_dense for layer in self.layers)
+
+    @property
+    def macs_executed(self) -> int:
+        return sum(layer.macs_executed for layer in self.layers)
+
+    @property
+    def bytes_dense(self) -> int:
+        return sum(layer.bytes_dense for layer in self.layers)
+
+    @property
+    def bytes_executed(self) -> int:
+        return sum(layer.bytes_executed for layer in self.layers)
+
+    @property
+    def macs_reduction(self) -> float:
+        """``macs_dense / macs_executed`` (>1 means fewer MACs executed)."""
+        return self.macs_dense / self.macs_executed if self.macs_executed else math.inf
+
+    @property
+    def bytes_reduction(self) -> float:
+        return self.bytes_dense / self.bytes_executed if self.bytes_executed else math.inf
+
+    def to_dict(self) -> dict:
+        return {
+            "macs_dense": self.macs_dense,
+            "macs_executed": self.macs_executed,
+            "bytes_dense": self.bytes_dense,
+            "bytes_executed": self.bytes_executed,
+            "macs_reduction": self.macs_reduction,
+            "bytes_reduction": self.bytes_reduction,
+            "layers": [asdict(layer) for layer in self.layers],
+        }
+
+    def table(self) -> str:
+        """A fixed-width text table, one row per layer plus the total."""
+        head = f"{'layer':<28} {'kind':<6} {'density':>7} {'MMACs dense':>12} {'MMACs exec':>11} {'KB dense':>10} {'KB exec':>10}"
+        rows = [head, "-" * len(head)]
+        for layer in self.layers:
+            density = "" if layer.density is None else f"{layer.density:.3f}"
+            rows.append(
+                f"{layer.name[-28:]:<28} {layer.kind:<6} {density:>7} {layer.macs_dense / 1e6:>12.3f} "
+                f"{layer.macs_executed / 1e6:>11.3f} {layer.bytes_dense / 1e3:>10.1f} {layer.bytes_executed / 1e3:>10.1f}"
+            )
+        rows.append("-" * len(head))
+        rows.append(
+            f"{'total':<28} {'':<6} {'':>7} {self.macs_dense / 1e6:>12.3f} {self.macs_executed / 1e6:>11.3f} "
+            f"{self.bytes_dense / 1e3:>10.1f} {self.bytes_executed / 1e3:>10.1f}"
+        )
+        rows.append(
+            f"MAC reduction {self.macs_reduction:.2f}x, memory-traffic reduction {self.bytes_reduction:.2f}x"
+        )
+        return "\n".join(rows)
+
+
+# --------------------------------------------------------------------- dense
+def conv_macs(module: nn.modules.conv._ConvNd | ChannelGatedConv2d, inp: torch.Size, out: torch.Size) -> int:
+    """Dense MACs of one convolution call (formulas in the module docstring)."""
+    kernel = math.prod(module.kernel_size)
+    groups = getattr(module, "groups", 1)
+    if getattr(module, "transposed", False):
+        return inp[0] * math.prod(inp[2:]) * module.in_channels * (module.out_channels // groups) * kernel
+    return out[0] * math.prod(out[2:]) * module.out_channels * (module.in_channels // groups) * kernel
+
+
+def linear_macs(module: nn.Linear, inp: torch.Size) -> int:
+    rows = math.prod(inp) // module.in_features
+    return rows * module.in_features * module.out_features
+
+
+def _param_bytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def dense_count(name: str, module: nn.Module, inp: torch.Size, out: torch.Size, elem: int) -> LayerCount:
+    """Counts of a layer run densely; ``elem`` is the activation element size."""
+    if isinstance(module, nn.Linear):
+        macs, kind = linear_macs(module, inp), "linear"
+    else:
+        macs, kind = conv_macs(module, inp, out), "conv"
+    nbytes = _param_bytes(module.weight, getattr(module, "bias", None)) + (math.prod(inp) + math.prod(out)) * elem
+    return LayerCount(name, kind, macs, macs, nbytes, nbytes)
+
+
+# --------------------------------------------------------------------- gated
+def _receptive_union(active: torch.Tensor, module: ChannelGatedConv2d, in_hw: tuple[int, int]) -> torch.Tensor:
+    """Input pixels ``[N, K, H, W]`` (bool) feeding any active output position of ``active [N, K, OH, OW]``."""
+    n, k, oh, ow = active.shape
+    kh, kw = module.kernel_size
+    (sh, sw), (ph, pw), (dh, dw) = module.stride, module.padding, module.dilation
+    full_h = (oh - 1) * sh - 2 * ph + dh * (kh - 1) + 1
+    full_w = (ow - 1) * sw - 2 * pw + dw * (kw - 1) + 1
+    ones = torch.ones(k, 1, kh, kw, dtype=torch.float32, device=active.device)
+    covered = F.conv_transpose2d(
+        active.float(),
+        ones,
+        stride=(sh, sw),
+        padding=(ph, pw),
+        output_padding=(in_hw[0] - full_h, in_hw[1] - full_w),
+        groups=k,
+        dilation=(dh, dw),
+    )
+    return covered > 0
+
+
+def _channel_counts(module: ChannelGatedConv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``|B_c|`` per output channel ``[C_out]`` and conditional input channels per group ``[G]``."""
+    mask = module.base_mask
+    base_per_channel = mask.sum(dim=1).long()
+    groups = group_index(module.out_channels, module.gate_group, mask.device)
+    cond_per_group = torch.zeros(module.num_groups, dtype=torch.long, device=mask.device)
+    cond_per_group.index_add_(0, groups, module.in_channels - base_per_channel)
+    return base_per_channel, cond_per_group
+
+
+def gated_mac_terms(module: ChannelGatedConv2d, out: torch.Size) -> tuple[int, int, int]:
+    """``(base, conditional if every decision were on, gate)`` MACs of a gated call with output ``out``."""
+    n, _, oh, ow = out
+    kernel = module.kernel_size[0] * module.kernel_size[1]
+    base_per_channel, cond_per_group = _channel_counts(module)
+    positions = n * oh * ow
+    return (
+        positions * int(base_per_channel.sum()) * kernel,
+        positions * int(cond_per_group.sum()) * kernel,
+        positions * module.out_channels,
+    )
+
+
+def gated_count(
+    name: str,
+    module: ChannelGatedConv2d,
+    inp: torch.Size,
+    out: torch.Size,
+    elem: int,
+    decisions: torch.Tensor | None,
+) -> LayerCount:
+    """Counts of one ``ChannelGatedConv2d`` call from its decisions ``[N, G, OH, OW]``.
+
+    ``decisions=None`` means the call ran with its gates forced open (dense).
+    """
+    dense = dense_count(name, module, inp, out, elem)
+    dense.kind = "gated"
+    if decisions is None:
+        dense.density = 1.0
+        return dense
+    n, _, oh, ow = out
+    kernel = module.kernel_size[0] * module.kernel_size[1]
+    mask = module.base_mask
+    base_per_channel, cond_per_group = _channel_counts(module)
+    dec = decisions.to(mask.device)
+    base_macs, _, gate_macs = gated_mac_terms(module, out)
+    cond_macs = int((dec.long().sum(dim=(0, 2, 3)) * cond_per_group).sum()) * kernel
+    w_elem = module.weight.element_size()
+
+    group_on = dec.flatten(2).any(dim=2).any(dim=0)  # [G]
+    weight_bytes = (
+        int(base_per_channel.sum()) * kernel
+        + int((cond_per_group * group_on.long()).sum()) * kernel
+    ) * w_elem + _param_bytes(module.bias) + 2 * module.out_channels * 4
+
+    in_h, in_w = inp[2], inp[3]
+    base_inputs = int(mask.any(dim=0).sum())
+    # reads[j, i]: group j reads input channel i conditionally.
+    groups = group_index(module.out_channels, module.gate_group, mask.device)
+    reads = torch.zeros(module.num_groups, module.in_channels, device=mask.device)
+    reads = reads.index_add_(0, groups, (~mask).float()) > 0
+    columns, counts = torch.unique(reads.t(), dim=0, return_counts=True)  # distinct reader sets
+    cond_inputs = 0
+    for column, count in zip(columns, counts):
+        if not column.any():
+            continue
+        active = dec[:, column].any(dim=1, keepdim=True)
+        cond_inputs += int(_receptive_union(active, module, (in_h, in_w)).sum()) * int(count)
+    act_bytes = (n * base_inputs * in_h * in_w + cond_inputs + n * module.out_channels * oh * ow) * elem
+    decision_bytes = dec.numel()
+
+    return LayerCount(
+        name,
+        "gated",
+        macs_dense=dense.macs_dense,
+        macs_executed=base_macs + cond_macs + gate_macs,
+        bytes_dense=dense.bytes_dense,
+        bytes_executed=weight_bytes + act_bytes + decision_bytes,
+        gate_macs=gate_macs,
+        density=float(dec.float().mean()) if dec.numel() else 0.0,
+    )
+
+
+# ------------------------------------------------------------------ recorder
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    inp: torch.Size
+    out: torch.Size
+    elem: int
+    decisions: torch.Tensor | None  # gated layers that were not forced open
+
+
+class CallRecorder:
+    """Forward hooks on every counted layer of a model, recording each call.
+
+    ``calls`` holds the calls since the last ``clear()`` in execution order (a
+    module called twice appears twice). Use as a context manager to remove the
+    hooks on exit, or call ``remove()``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.calls: list[_Call] = []
+        self._handles = []
+        for name, module in model.named_modules():
+            if isinstance(module, COUNTED_TYPES):
+                self._handles.append(module.register_forward_hook(self._hook(name or type(module).__name__)))
+
+    def _hook(self, name: str):
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            x = args[0]
+            decisions = None
+            if isinstance(module, ChannelGatedConv2d) and not module.last_forced_open:
+                decisions = module.last_decisions
+            self.calls.append(_Call(name, module, x.shape, output.shape, output.element_size(), decisions))
+
+        return record
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "CallRecorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __iter__(self) -> Iterator[_Call]:
+        return iter(self.calls)
+
+    def report(self) -> Report:
+        """Counts of the recorded calls (gated layers from their last decisions)."""
+        return Report([self.count(call) for call in self.calls])
+
+    @staticmethod
+    def count(call: _Call) -> LayerCount:
+        """Counts of one recorded call."""
+        if isinstance(call.module, ChannelGatedConv2d):
+            return gated_count(call.name, call.module, call.inp, call.out, call.elem, call.decisions)
+        return dense_count(call.name, call.module, call.inp, call.out, call.elem)
+
+
+@torch.no_grad()
+def count_model(model: nn.Module, example: torch.Tensor) -> Report:
+    """Run ``model(example)`` once and return its counts (the model's mode is kept)."""
+    with CallRecorder(model) as recorder:
+        model(example)
+        return recorder.report()

@@ -1,0 +1,94 @@
+"""Configuration of partial-sum channel gating (DESIGN §2.1).
+
+One small dataclass, validated on construction, that ``GatedModel`` reads to
+decide which convolutions to gate and how.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kernels.partition import BASE_LAYOUTS, chunk_count
+
+
+@dataclass
+class GateConfig:
+    """How ``GatedModel`` gates a network.
+
+    Attributes:
+        base_fraction: fraction ``1/p`` of input channels in each output
+            channel's base partial sum (default 1/4).
+        base_layout: ``"first"`` (first ``C_in/p`` channels for every output)
+            or ``"grouped"`` (block diagonal, ``p`` chunks).
+        gate_group: output channels that share one decision per pixel
+            (1 = the paper; 16 = default, matches tensor-core tiles).
+        alpha: slope of the straight-through sigmoid surrogate.
+        sparse_bp: zero the surrogate gradient where the gate is off.
+        threshold_init: initial value of every learned threshold ``Δ``.
+        target_threshold: ``T`` of the threshold loss ``λ Σ (Δ - T)^2``.
+        threshold_weight: ``λ`` of the threshold loss (default 1e-4).
+        target_flops_ratio: executed/dense MAC ratio the budget loss drives the
+            whole model to (``None`` disables the budget loss).
+        budget_weight: weight of the budget loss ``(ratio - target)^2``.
+        include: module names (as in ``named_modules``) to gate even if a
+            default rule would skip them; an unsupported conv named here is an
+            error.
+        exclude: module names never to gate.
+        skip_stem: skip the first convolution of the network (the stem).
+        skip_shortcut: skip 1x1 convolutions on a shortcut path (a module name
+            component ``downsample`` or ``shortcut``).
+    """
+
+    base_fraction: float = 0.25
+    base_layout: str = "first"
+    gate_group: int = 16
+    alpha: float = 2.0
+    sparse_bp: bool = False
+    threshold_init: float = 0.0
+    target_threshold: float = 1.0
+    threshold_weight: float = 1e-4
+    target_flops_ratio: float | None = None
+    budget_weight: float = 1.0
+    include: tuple[str, ...] = field(default_factory=tuple)
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    skip_stem: bool = True
+    skip_shortcut: bool = True
+
+    def __post_init__(self) -> None:
+        self.include = tuple(self.include)
+        self.exclude = tuple(self.exclude)
+        if not 0.0 < self.base_fraction <= 1.0:
+            raise ValueError(f"GateConfig.base_fraction must be in (0, 1], got {self.base_fraction!r}")
+        if self.base_layout not in BASE_LAYOUTS:
+            raise ValueError(f"GateConfig.base_layout must be one of {BASE_LAYOUTS}, got {self.base_layout!r}")
+        if self.base_layout == "grouped":
+            chunk_count(self.base_fraction)
+        if not isinstance(self.gate_group, int) or self.gate_group < 1:
+            raise ValueError(f"GateConfig.gate_group must be a positive int, got {self.gate_group!r}")
+        if self.alpha <= 0:
+            raise ValueError(f"GateConfig.alpha must be > 0, got {self.alpha!r}")
+        if self.threshold_weight < 0 or self.budget_weight < 0:
+            raise ValueError("GateConfig.threshold_weight and budget_weight must be >= 0")
+        if self.target_flops_ratio is not None and not 0.0 < self.target_flops_ratio <= 1.0:
+            raise ValueError(
+                f"GateConfig.target_flops_ratio must be in (0, 1] or None, got {self.target_flops_ratio!r}"
+            )
+        overlap = set(self.include) & set(self.exclude)
+        if overlap:
+            raise ValueError(f"GateConfig: modules both included and excluded: {sorted(overlap)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (lists for tuples), for JSON and checkpoints."""
+        out = asdict(self)
+        out["include"], out["exclude"] = list(self.include), list(self.exclude)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GateConfig":
+        """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"GateConfig: unknown fields {sorted(unknown)}")
+        return cls(**data)

@@ -1,0 +1,290 @@
+"""Partial-sum channel gating for one convolution (DESIGN §2.1, §2.3).
+
+``ChannelGatedConv2d`` computes, for weight ``W[C_out, C_in, kh, kw]`` and the
+base mask ``B[C_out, C_in]`` of ``kernels.partition``::
+
+    Yp = conv(x, W*B) + bias           # base partial sum, always computed
+    Yr = conv(x, W*(1-B))              # conditional path
+    s  = BN_gate(Yp)                   # non-affine BatchNorm2d, decision only
+    z  = mean_{c in group j}(s_c - Δ_c)            # per (n, group j, h, w)
+    d  = 1[z > 0]                      # hard step forward
+    Y  = Yp + d * Yr
+
+Backward through ``d`` is straight-through with the slope of
+``sigmoid(alpha * z)``; with ``sparse_bp`` that surrogate gradient is zeroed
+where ``d = 0``. The decisions of the last forward are kept in
+``last_decisions`` (bool ``[N, G, OH, OW]``, ``G = ceil(C_out / gate_group)``)
+and are what accounting, tests and kernels read.
+
+At inference the gate folds into a per-channel affine of the raw partial sum
+(``folded_gate``): ``d = 1[sum_{c in j}(a_c * Yp_c + b_c) > 0]`` with
+``a_c = 1/sigma_c`` and ``b_c = -mu_c/sigma_c - Δ_c`` (running statistics of
+``BN_gate``); for ``gate_group = 1`` this is ``Yp > mu + sigma*Δ``.
+
+This module is the pure-PyTorch training semantics: it computes both paths
+densely (``first`` layout slices channels so no MAC is spent twice). The
+kernels in ``kernels/`` are what skip the conditional work at inference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from kernels.partition import (
+    base_channels,
+    base_mask,
+    expand_groups,
+    gate_group_count,
+    group_sizes,
+    group_sum,
+)
+
+
+def _as_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = _pair(value)
+    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return (int(pair[0]), int(pair[1]))
+
+
+class ChannelGatedConv2d(nn.Module):
+    """A 2-D convolution (groups = 1) with a partial-sum channel gate.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation,
+            bias: as ``nn.Conv2d`` (``padding`` as ints; zero padding only).
+        base_fraction: fraction ``1/p`` of input channels in the base path.
+        base_layout: ``"first"`` or ``"grouped"`` (see ``kernels.partition``).
+        gate_group: output channels sharing one decision per pixel.
+        alpha: slope of the sigmoid surrogate for the straight-through gradient.
+        sparse_bp: zero the surrogate gradient where the gate is off.
+        threshold_init: initial value of the learned thresholds ``Δ``.
+
+    Shapes: input ``[N, C_in, H, W]`` floating point; output
+    ``[N, C_out, OH, OW]`` in the same dtype.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = False,
+        *,
+        base_fraction: float = 0.25,
+        base_layout: str = "first",
+        gate_group: int = 16,
+        alpha: float = 2.0,
+        sparse_bp: bool = False,
+        threshold_init: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(
+                f"ChannelGatedConv2d needs positive channel counts, got in={in_channels}, out={out_channels}"
+            )
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _as_pair(kernel_size, "kernel_size")
+        self.stride = _as_pair(stride, "stride")
+        self.padding = _as_pair(padding, "padding")
+        self.dilation = _as_pair(dilation, "dilation")
+        self.base_fraction = float(base_fraction)
+        self.base_layout = base_layout
+        self.gate_group = int(gate_group)
+        self.alpha = float(alpha)
+        self.sparse_bp = bool(sparse_bp)
+        self.layer_name = "ChannelGatedConv2d"
+
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.gate_bn = nn.BatchNorm2d(out_channels, affine=False, **factory)
+        self.threshold = nn.Parameter(torch.full((out_channels,), float(threshold_init), **factory))
+        mask = base_mask(out_channels, in_channels, self.base_fraction, base_layout, device=device)
+        self.register_buffer("base_mask", mask, persistent=False)
+        self.num_groups = gate_group_count(out_channels, self.gate_group)
+        # Conditional MACs per output position of each gate group, normalised to
+        # sum to 1: weights of the soft density used by the budget loss.
+        cond_per_channel = (~mask).sum(dim=1).double()
+        sizes = group_sizes(out_channels, self.gate_group)
+        per_group = torch.stack([c.sum() for c in cond_per_channel.split(sizes)])
+        total = per_group.sum()
+        weights = per_group / total if total > 0 else torch.zeros_like(per_group)
+        self.register_buffer("_group_weight", weights.float(), persistent=False)
+
+        self.force_open = False
+        self.last_decisions: torch.Tensor | None = None
+        self.last_soft_density: torch.Tensor | None = None
+        self.last_input_shape: tuple[int, ...] | None = None
+        self.last_forced_open = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise weight and bias as ``nn.Conv2d`` does."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **gate_kwargs: Any) -> "ChannelGatedConv2d":
+        """Build a gated conv holding a copy of ``conv``'s weight and bias.
+
+        Raises ``NotImplementedError`` for convs this gate cannot represent
+        (groups > 1, transposed, non-zero padding modes, string padding).
+        """
+        reason = unsupported_reason(conv)
+        if reason is not None:
+            raise NotImplementedError(f"cannot gate {type(conv).__name__}: {reason}")
+        gated = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            bias=conv.bias is not None,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            **gate_kwargs,
+        )
+        with torch.no_grad():
+            gated.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                gated.bias.copy_(conv.bias)
+        gated.train(conv.training)
+        return gated
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"bias={self.bias is not None}, base_fraction={self.base_fraction}, "
+            f"base_layout={self.base_layout!r}, gate_group={self.gate_group}, "
+            f"alpha={self.alpha}, sparse_bp={self.sparse_bp}"
+        )
+
+    # ----------------------------------------------------------------- forward
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+
+    def partial_sums(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base partial sum ``Yp`` (bias included) and conditional sum ``Yr``."""
+        if self.base_layout == "first":
+            cb = base_channels(self.in_channels, self.base_fraction)
+            yp = self._conv(x[:, :cb], self.weight[:, :cb], self.bias)
+            if cb == self.in_channels:
+                return yp, torch.zeros_like(yp)
+            return yp, self._conv(x[:, cb:], self.weight[:, cb:], None)
+        mask = self.base_mask[:, :, None, None].to(self.weight.dtype)
+        return self._conv(x, self.weight * mask, self.bias), self._conv(x, self.weight * (1 - mask), None)
+
+    def gate_statistic(self, yp: torch.Tensor) -> torch.Tensor:
+        """``z[n, j, h, w] = mean_{c in j}(BN_gate(Yp)_c - Δ_c)``, in float32 or wider."""
+        dtype = torch.promote_types(yp.dtype, torch.float32)
+        s = self.gate_bn(yp.to(dtype)) - self.threshold.to(dtype)[None, :, None, None]
+        sizes = torch.tensor(group_sizes(self.out_channels, self.gate_group), device=yp.device)
+        return group_sum(s, self.gate_group) / sizes[None, :, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_conv_input(self.layer_name, x, self.in_channels, self.weight.dtype)
+        self.last_input_shape = tuple(x.shape)
+        if self.force_open:
+            y = self._conv(x, self.weight, self.bias)
+            self.last_forced_open = True
+            self.last_decisions = torch.ones(
+                y.shape[0], self.num_groups, y.shape[2], y.shape[3], dtype=torch.bool, device=y.device
+            )
+            self.last_soft_density = None
+            return y
+        self.last_forced_open = False
+        yp, yr = self.partial_sums(x)
+        z = self.gate_statistic(yp)
+        hard = (z > 0).to(z.dtype)
+        if torch.is_grad_enabled():
+            soft = torch.sigmoid(self.alpha * z)
+            surrogate = soft - soft.detach()
+            # Per-sample executed fraction of the conditional MACs, exact in the
+            # forward and with the sigmoid slope backward (straight-through),
+            # for the budget loss; never sparsified so it can reopen gates.
+            self.last_soft_density = torch.einsum(
+                "ngxy,g->n", hard + surrogate, self._group_weight.to(z.dtype)
+            ) / (z.shape[2] * z.shape[3])
+            decisions = hard + (surrogate * hard if self.sparse_bp else surrogate)
+        else:
+            decisions = hard
+            self.last_soft_density = None
+        self.last_decisions = hard.detach().bool()
+        gate = expand_groups(decisions, self.out_channels, self.gate_group).to(yr.dtype)
+        return yp + gate * yr
+
+    # --------------------------------------------------------------- inference
+    @torch.no_grad()
+    def folded_gate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel affine ``(a, b)`` (float32 ``[C_out]``) of the raw partial sum.
+
+        With the gate BatchNorm's running statistics, the eval-mode decision is
+        ``group_sum(a * Yp + b) > 0`` where ``Yp`` includes the bias.
+        """
+        bn = self.gate_bn
+        if bn.running_var is None or bn.running_mean is None:
+            raise RuntimeError(f"{self.layer_name}: gate BatchNorm tracks no running statistics")
+        inv_std = torch.rsqrt(bn.running_var.float() + bn.eps)
+        scale = inv_std
+        shift = -bn.running_mean.float() * inv_std - self.threshold.float()
+        return scale, shift
+
+    def density(self) -> float:
+        """Fraction of (sample, group, pixel) decisions that were on in the last forward."""
+        if self.last_decisions is None:
+            raise RuntimeError(f"{self.layer_name}: no forward has run yet")
+        return float(self.last_decisions.float().mean()) if self.last_decisions.numel() else 0.0
+
+
+def check_conv_input(layer: str, x: object, in_channels: int, weight_dtype: torch.dtype) -> None:
+    """Raise a clear error naming ``layer`` unless ``x`` is a batched NCHW float input it can take.
+
+    ``ValueError`` for a wrong rank or channel count, ``TypeError`` for a
+    non-tensor, a non-floating dtype, or a dtype that differs from the weight's
+    (allowed under autocast).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer}: expected a Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{layer}: expected a 4-D input [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{layer}: expected {in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{layer}: expected a floating-point input, got {x.dtype}")
+    if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{layer}: input dtype {x.dtype} does not match weight dtype {weight_dtype}")
+
+
+def unsupported_reason(conv: nn.Module) -> str | None:
+    """Why ``conv`` cannot become a ``ChannelGatedConv2d``, or ``None`` if it can."""
+    if getattr(conv, "transposed", False):
+        return "transposed convolutions are not supported"
+    if not isinstance(conv, nn.Conv2d):
+        return f"{type(conv).__name__} is not an nn.Conv2d"
+    if conv.groups != 1:
+        return f"groups={conv.groups} (only groups=1 is supported)"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} (only 'zeros' is supported)"
+    if isinstance(conv.padding, str):
+        return f"padding={conv.padding!r} (only explicit integer padding is supported)"
+    return None

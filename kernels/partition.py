@@ -1,0 +1,129 @@
+"""Channel partitions shared by the gate modules, the kernels and accounting.
+
+Everything that must agree on *which* input channels form the base path of an
+output channel, and *which* output channels share one gate decision, reads it
+from here (DESIGN §2.1, §2.3). Pure PyTorch; no Triton.
+
+Base layouts (``base_fraction = 1/p``):
+
+* ``"first"``: every output channel reads the first
+  ``base_channels(C_in, base_fraction)`` input channels in its base path.
+* ``"grouped"``: block diagonal with ``p`` chunks; output chunk ``i``
+  (channels ``[i*C_out//p, (i+1)*C_out//p)``) reads input chunk ``i``
+  (channels ``[i*C_in//p, (i+1)*C_in//p)``) in its base path. ``1/base_fraction``
+  must be an integer no larger than ``C_in`` or ``C_out``.
+
+Gate groups: output channels ``[j*g, min((j+1)*g, C_out))`` share decision
+``j``; there are ``ceil(C_out / g)`` groups, the last one possibly smaller.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BASE_LAYOUTS = ("first", "grouped")
+
+
+def _check_fraction(base_fraction: float) -> None:
+    if not (0.0 < float(base_fraction) <= 1.0):
+        raise ValueError(f"base_fraction must be in (0, 1], got {base_fraction!r}")
+
+
+def base_channels(in_channels: int, base_fraction: float) -> int:
+    """Number of base input channels in the ``"first"`` layout.
+
+    ``max(1, round(in_channels * base_fraction))``, so every output has a
+    non-empty base path.
+    """
+    _check_fraction(base_fraction)
+    return max(1, min(in_channels, int(round(in_channels * base_fraction))))
+
+
+def chunk_count(base_fraction: float) -> int:
+    """Number of block-diagonal chunks ``p = 1/base_fraction`` of ``"grouped"``.
+
+    Raises ``ValueError`` if ``1/base_fraction`` is not (close to) an integer.
+    """
+    _check_fraction(base_fraction)
+    p = round(1.0 / base_fraction)
+    if abs(p * base_fraction - 1.0) > 1e-6:
+        raise ValueError(
+            f"base_layout='grouped' needs base_fraction = 1/p for an integer p, got {base_fraction!r}"
+        )
+    return int(p)
+
+
+def chunk_bounds(channels: int, chunks: int) -> list[int]:
+    """Boundaries ``[0, b1, ..., channels]`` splitting ``channels`` into ``chunks`` parts."""
+    return [i * channels // chunks for i in range(chunks + 1)]
+
+
+def base_mask(
+    out_channels: int,
+    in_channels: int,
+    base_fraction: float,
+    layout: str,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Base-path mask ``B`` of shape ``[out_channels, in_channels]``, dtype bool.
+
+    ``B[o, i]`` is True when input channel ``i`` is in the base partial sum of
+    output channel ``o``. See the module docstring for the layouts.
+    """
+    if layout not in BASE_LAYOUTS:
+        raise ValueError(f"base_layout must be one of {BASE_LAYOUTS}, got {layout!r}")
+    mask = torch.zeros(out_channels, in_channels, dtype=torch.bool, device=device)
+    if layout == "first":
+        mask[:, : base_channels(in_channels, base_fraction)] = True
+        return mask
+    p = chunk_count(base_fraction)
+    if p > in_channels or p > out_channels:
+        raise ValueError(
+            f"base_layout='grouped' with p={p} chunks needs at least {p} input and output "
+            f"channels, got in_channels={in_channels}, out_channels={out_channels}"
+        )
+    ob, ib = chunk_bounds(out_channels, p), chunk_bounds(in_channels, p)
+    for i in range(p):
+        mask[ob[i] : ob[i + 1], ib[i] : ib[i + 1]] = True
+    return mask
+
+
+def gate_group_count(out_channels: int, gate_group: int) -> int:
+    """Number of gate decisions per pixel: ``ceil(out_channels / gate_group)``."""
+    if gate_group < 1:
+        raise ValueError(f"gate_group must be >= 1, got {gate_group!r}")
+    return math.ceil(out_channels / gate_group)
+
+
+def group_index(out_channels: int, gate_group: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``[out_channels]`` int64: the gate group of each output channel (``c // gate_group``)."""
+    gate_group_count(out_channels, gate_group)
+    return torch.arange(out_channels, device=device) // gate_group
+
+
+def group_sizes(out_channels: int, gate_group: int) -> list[int]:
+    """Channels in each gate group (all ``gate_group`` but possibly the last)."""
+    groups = gate_group_count(out_channels, gate_group)
+    return [min(gate_group, out_channels - j * gate_group) for j in range(groups)]
+
+
+def expand_groups(decisions: torch.Tensor, out_channels: int, gate_group: int) -> torch.Tensor:
+    """Expand per-group decisions ``[N, G, H, W]`` to per-channel ``[N, out_channels, H, W]``."""
+    if decisions.dim() != 4 or decisions.shape[1] != gate_group_count(out_channels, gate_group):
+        raise ValueError(
+            f"decisions must be [N, {gate_group_count(out_channels, gate_group)}, H, W], "
+            f"got {tuple(decisions.shape)}"
+        )
+    return decisions.index_select(1, group_index(out_channels, gate_group, decisions.device))
+
+
+def group_sum(per_channel: torch.Tensor, gate_group: int) -> torch.Tensor:
+    """Sum ``[N, C, H, W]`` over the channels of each gate group -> ``[N, G, H, W]``."""
+    n, c, h, w = per_channel.shape
+    groups = gate_group_count(c, gate_group)
+    pad = groups * gate_group - c
+    if pad:
+        per_channel = torch.nn.functional.pad(per_channel, (0, 0, 0, 0, 0, pad))
+    return per_channel.reshape(n, groups, gate_group, h, w).sum(dim=2)
