@@ -44,6 +44,7 @@ computes.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
@@ -69,7 +70,38 @@ class LayerCount:
     bytes_dense: int
     bytes_executed: int
     gate_macs: int = 0
-    density: float | None = None  # fraction of decisions on (gated layers only)
+    decisions_on: int = 0  # gated layers: (sample, group, pixel) decisions that were on
+    decisions_total: int = 0  # gated layers: all decisions
+
+    @property
+    def density(self) -> float | None:
+        """Fraction of decisions on; ``None`` for layers without a gate."""
+        if self.kind != "gated":
+            return None
+        return self.decisions_on / self.decisions_total if self.decisions_total else 0.0
+
+    def __add__(self, other: "LayerCount") -> "LayerCount":
+        if (self.name, self.kind) != (other.name, other.kind):
+            raise ValueError(f"cannot add counts of {self.name!r} and {other.name!r}")
+        return LayerCount(
+            self.name,
+            self.kind,
+            *(getattr(self, f) + getattr(other, f) for f in _SUMMED_FIELDS),
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "density": self.density}
+
+
+_SUMMED_FIELDS = (
+    "macs_dense",
+    "macs_executed",
+    "bytes_dense",
+    "bytes_executed",
+    "gate_macs",
+    "decisions_on",
+    "decisions_total",
+)
 
 
 @dataclass
@@ -111,8 +143,14 @@ class Report:
             "bytes_executed": self.bytes_executed,
             "macs_reduction": self.macs_reduction,
             "bytes_reduction": self.bytes_reduction,
-            "layers": [asdict(layer) for layer in self.layers],
+            "layers": [layer.to_dict() for layer in self.layers],
         }
+
+    def __add__(self, other: "Report") -> "Report":
+        """Counts of two runs of the same network (e.g. two batches), layer by layer."""
+        if len(self.layers) != len(other.layers):
+            raise ValueError("cannot add reports of different networks")
+        return Report([a + b for a, b in zip(self.layers, other.layers)])
 
     def table(self) -> str:
         """A fixed-width text table, one row per layer plus the total."""
@@ -185,25 +223,49 @@ def _receptive_union(active: torch.Tensor, module: ChannelGatedConv2d, in_hw: tu
     return covered > 0
 
 
-def _channel_counts(module: ChannelGatedConv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``|B_c|`` per output channel ``[C_out]`` and conditional input channels per group ``[G]``."""
-    mask = module.base_mask
+@dataclass(frozen=True)
+class _GateLayout:
+    """What counting needs of a gated layer's partition; depends only on the layer's shape and config."""
+
+    base_per_channel: torch.Tensor  # [C_out] int64: |B_c|
+    cond_per_group: torch.Tensor  # [G] int64: sum_{c in j} (C_in - |B_c|)
+    base_inputs: int  # |union_c B_c|
+    reader_sets: torch.Tensor  # [R, G] bool: distinct sets of groups reading an input channel conditionally
+    reader_counts: list[int]  # input channels sharing each set
+
+
+_LAYOUTS: "weakref.WeakKeyDictionary[ChannelGatedConv2d, _GateLayout]" = weakref.WeakKeyDictionary()
+
+
+def _layout(module: ChannelGatedConv2d) -> _GateLayout:
+    cached = _LAYOUTS.get(module)
+    if cached is not None:
+        return cached
+    mask = module.base_mask.cpu()
+    groups = group_index(module.out_channels, module.gate_group)
     base_per_channel = mask.sum(dim=1).long()
-    groups = group_index(module.out_channels, module.gate_group, mask.device)
-    cond_per_group = torch.zeros(module.num_groups, dtype=torch.long, device=mask.device)
+    cond_per_group = torch.zeros(module.num_groups, dtype=torch.long)
     cond_per_group.index_add_(0, groups, module.in_channels - base_per_channel)
-    return base_per_channel, cond_per_group
+    # reads[j, i]: group j reads input channel i conditionally.
+    reads = torch.zeros(module.num_groups, module.in_channels).index_add_(0, groups, (~mask).float()) > 0
+    columns, counts = torch.unique(reads.t(), dim=0, return_counts=True)
+    keep = columns.any(dim=1)
+    layout = _GateLayout(
+        base_per_channel, cond_per_group, int(mask.any(dim=0).sum()), columns[keep], counts[keep].tolist()
+    )
+    _LAYOUTS[module] = layout
+    return layout
 
 
 def gated_mac_terms(module: ChannelGatedConv2d, out: torch.Size) -> tuple[int, int, int]:
     """``(base, conditional if every decision were on, gate)`` MACs of a gated call with output ``out``."""
     n, _, oh, ow = out
     kernel = module.kernel_size[0] * module.kernel_size[1]
-    base_per_channel, cond_per_group = _channel_counts(module)
+    layout = _layout(module)
     positions = n * oh * ow
     return (
-        positions * int(base_per_channel.sum()) * kernel,
-        positions * int(cond_per_group.sum()) * kernel,
+        positions * int(layout.base_per_channel.sum()) * kernel,
+        positions * int(layout.cond_per_group.sum()) * kernel,
         positions * module.out_channels,
     )
 
@@ -222,38 +284,27 @@ def gated_count(
     """
     dense = dense_count(name, module, inp, out, elem)
     dense.kind = "gated"
-    if decisions is None:
-        dense.density = 1.0
+    if decisions is None:  # forced open: every decision on
+        dense.decisions_on = dense.decisions_total = out[0] * module.num_groups * out[2] * out[3]
         return dense
     n, _, oh, ow = out
     kernel = module.kernel_size[0] * module.kernel_size[1]
-    mask = module.base_mask
-    base_per_channel, cond_per_group = _channel_counts(module)
-    dec = decisions.to(mask.device)
+    layout = _layout(module)
+    dec = decisions.cpu()
     base_macs, _, gate_macs = gated_mac_terms(module, out)
-    cond_macs = int((dec.long().sum(dim=(0, 2, 3)) * cond_per_group).sum()) * kernel
-    w_elem = module.weight.element_size()
+    cond_macs = int((dec.long().sum(dim=(0, 2, 3)) * layout.cond_per_group).sum()) * kernel
 
     group_on = dec.flatten(2).any(dim=2).any(dim=0)  # [G]
-    weight_bytes = (
-        int(base_per_channel.sum()) * kernel
-        + int((cond_per_group * group_on.long()).sum()) * kernel
-    ) * w_elem + _param_bytes(module.bias) + 2 * module.out_channels * 4
+    weight_elems = int(layout.base_per_channel.sum()) + int((layout.cond_per_group * group_on.long()).sum())
+    weight_bytes = weight_elems * kernel * module.weight.element_size()
+    weight_bytes += _param_bytes(module.bias) + 2 * module.out_channels * 4
 
     in_h, in_w = inp[2], inp[3]
-    base_inputs = int(mask.any(dim=0).sum())
-    # reads[j, i]: group j reads input channel i conditionally.
-    groups = group_index(module.out_channels, module.gate_group, mask.device)
-    reads = torch.zeros(module.num_groups, module.in_channels, device=mask.device)
-    reads = reads.index_add_(0, groups, (~mask).float()) > 0
-    columns, counts = torch.unique(reads.t(), dim=0, return_counts=True)  # distinct reader sets
     cond_inputs = 0
-    for column, count in zip(columns, counts):
-        if not column.any():
-            continue
-        active = dec[:, column].any(dim=1, keepdim=True)
-        cond_inputs += int(_receptive_union(active, module, (in_h, in_w)).sum()) * int(count)
-    act_bytes = (n * base_inputs * in_h * in_w + cond_inputs + n * module.out_channels * oh * ow) * elem
+    for readers, count in zip(layout.reader_sets, layout.reader_counts):
+        active = dec[:, readers].any(dim=1, keepdim=True)
+        cond_inputs += int(_receptive_union(active, module, (in_h, in_w)).sum()) * count
+    act_bytes = (n * layout.base_inputs * in_h * in_w + cond_inputs + n * module.out_channels * oh * ow) * elem
     decision_bytes = dec.numel()
 
     return LayerCount(
@@ -264,7 +315,8 @@ def gated_count(
         bytes_dense=dense.bytes_dense,
         bytes_executed=weight_bytes + act_bytes + decision_bytes,
         gate_macs=gate_macs,
-        density=float(dec.float().mean()) if dec.numel() else 0.0,
+        decisions_on=int(dec.sum()),
+        decisions_total=dec.numel(),
     )
 
 

@@ -234,7 +234,7 @@ class ChannelGatedConv2d(nn.Module):
     # --------------------------------------------------------------- inference
     @torch.no_grad()
     def folded_gate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel affine ``(a, b)`` (float32 ``[C_out]``) of the raw partial sum.
+        """Per-channel affine ``(a, b)`` (``[C_out]``, float32 or the weight dtype if wider) of the raw partial sum.
 
         With the gate BatchNorm's running statistics, the eval-mode decision is
         ``group_sum(a * Yp + b) > 0`` where ``Yp`` includes the bias.
@@ -242,10 +242,10 @@ class ChannelGatedConv2d(nn.Module):
         bn = self.gate_bn
         if bn.running_var is None or bn.running_mean is None:
             raise RuntimeError(f"{self.layer_name}: gate BatchNorm tracks no running statistics")
-        inv_std = torch.rsqrt(bn.running_var.float() + bn.eps)
-        scale = inv_std
-        shift = -bn.running_mean.float() * inv_std - self.threshold.float()
-        return scale, shift
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        inv_std = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
+        shift = -bn.running_mean.to(dtype) * inv_std - self.threshold.to(dtype)
+        return inv_std, shift
 
     def density(self) -> float:
         """Fraction of (sample, group, pixel) decisions that were on in the last forward."""

@@ -20,13 +20,14 @@ tensors, which :func:`save_checkpoint` checks before writing.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -37,6 +38,8 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "atomic_save",
+    "atomic_write",
+    "atomic_write_json",
     "capture_rng_state",
     "load_checkpoint",
     "load_state_dict_checked",
@@ -61,21 +64,21 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: missing, corrupt, foreign, or mismatched."""
 
 
-def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically.
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file atomically: ``write(f)`` fills a temporary file, which replaces ``path``.
 
-    The object is written to a uniquely named temporary file in the same
-    directory (so the final rename never crosses file systems), flushed and
-    fsynced, then moved over ``path`` with :func:`os.replace`. If anything fails
-    the temporary file is removed and the exception propagates; an existing file
-    at ``path`` is left untouched. The file gets the permissions that a plain
-    ``open(path, "wb")`` would give it (the process umask applies).
+    The temporary file is uniquely named in the same directory (so the final
+    rename never crosses file systems), flushed and fsynced, then moved over
+    ``path`` with :func:`os.replace`. If anything fails the temporary file is
+    removed and the exception propagates; an existing file at ``path`` is left
+    untouched. The file gets the permissions that a plain ``open(path, "wb")``
+    would give it (the process umask applies).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -83,6 +86,17 @@ def atomic_save(obj: Any, path: PathLike) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def atomic_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(obj: Any, path: PathLike) -> None:
+    """Write ``obj`` as indented JSON (UTF-8) to ``path`` atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -140,3 +140,21 @@ def test_executed_work_falls_with_density():
     assert report.macs_reduction > 2.5  # all conditional work skipped leaves ~1/4 of the gated MACs
     table = report.table()
     assert "layer1.0.conv1" in table and "total" in table
+
+
+def test_reports_add_layer_by_layer():
+    torch.manual_seed(0)
+    gated = GatedModel(resnet20(width=8)).eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        gated(x)
+        whole = gated.report()
+        gated(x[:1])
+        first = gated.report()
+        gated(x[1:])
+        rest = gated.report()
+    combined = first + rest
+    assert combined.macs_executed == whole.macs_executed and combined.macs_dense == whole.macs_dense
+    for a, b in zip(combined.layers, whole.layers):
+        assert a.density == pytest.approx(b.density if b.density is not None else None)
+    assert combined.to_dict()["layers"][1]["density"] == whole.layers[1].density

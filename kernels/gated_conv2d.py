@@ -1,0 +1,365 @@
+"""Partial-sum channel-gated convolution in Triton (DESIGN §2.1, §4).
+
+One launch computes, per (pixel tile, channel block) program: the base
+partial sum, the gate decisions in the epilogue, and the conditional partial
+sum only if some decision of the tile is on. The grid is sized by the upper
+bound and programs skip on the on-device decisions, so there is no host
+synchronisation and the call is CUDA-graph capturable (after one warm-up call
+per configuration, which compiles the kernel and caches the base intervals).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from . import partition
+from ._common import (
+    PackedWeight,
+    base_intervals,
+    channels_last,
+    contiguous_vector,
+    dot_options,
+    new_output,
+    next_power_of_2,
+    optional_pointer,
+    packed_data,
+    require_kernel_support,
+    tensor_strides,
+    validate_gated,
+)
+from .conv2d import (
+    PATH_BASE,
+    PATH_CONDITIONAL,
+    accumulate_taps,
+    k_steps,
+    pixel_coords,
+    store_epilogue,
+)
+
+MAX_BLOCK_N = 128
+
+
+@triton.jit
+def _block_channels(pid_n, sub, gate_group, C_out, BLOCK_N: tl.constexpr, GROUP_SLOT: tl.constexpr,
+                    GROUPS_PER_BLOCK: tl.constexpr):  # fmt: skip
+    """Output channels of the columns of sub-block ``sub`` of channel block ``pid_n``, and their validity.
+
+    Column ``col`` is offset ``col % GROUP_SLOT + sub*BLOCK_N`` inside gate
+    group ``pid_n*GROUPS_PER_BLOCK + col // GROUP_SLOT``; offsets past the
+    group's size (padding of a non-power-of-two group) and channels past C_out
+    are invalid.
+    """
+    col = tl.arange(0, BLOCK_N)
+    within = col % GROUP_SLOT + sub * BLOCK_N
+    ch = (pid_n * GROUPS_PER_BLOCK + col // GROUP_SLOT) * gate_group + within
+    return ch, (within < gate_group) & (ch < C_out)
+
+
+@triton.jit
+def _path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in):
+    """Input-channel ranges the two K loops of a column block cover.
+
+    Each output channel's base channels are ``[lo, hi)``. Base loop: the hull
+    ``[min lo, max hi)``. Conditional loops: ``[0, r1_hi)`` and ``[r2_lo, C_in)``,
+    i.e. everything but the channels that are base for every column
+    ``[max lo, min hi)`` (all of ``[0, C_in)`` when that is empty). Weight
+    masks make the loops exact when a block spans several base chunks.
+    """
+    lo = tl.load(base_lo_ptr + ch, mask=ch_ok, other=0)
+    hi = tl.load(base_hi_ptr + ch, mask=ch_ok, other=0)
+    hull_lo = tl.min(tl.where(ch_ok, lo, C_in))
+    hull_hi = tl.max(tl.where(ch_ok, hi, 0))
+    common_lo = tl.max(tl.where(ch_ok, lo, 0))
+    common_hi = tl.min(tl.where(ch_ok, hi, C_in))
+    split = common_hi > common_lo
+    r1_hi = tl.where(split, common_lo, C_in)
+    r2_lo = tl.where(split, common_hi, C_in)
+    return lo, hi, hull_lo, hull_hi, r1_hi, r2_lo
+
+
+@triton.jit
+def _gated_conv2d_kernel(
+    x_ptr, w_ptr, y_ptr, dec_ptr, gate_scale_ptr, gate_shift_ptr, base_lo_ptr, base_hi_ptr,
+    scale_ptr, shift_ptr, res_ptr, stats_ptr,
+    M, H, W, C_in, C_out, OH, OW, G, gate_group,
+    sxn, sxc, sxh, sxw, syn, syc, syh, syw, sdn, sdg, sdh, sdw, srn, src, srh, srw,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_SLOT: tl.constexpr, GROUPS_PER_BLOCK: tl.constexpr, SUB_BLOCKS: tl.constexpr, RANGE_ALIGN: tl.constexpr,
+    HAS_DECISIONS: tl.constexpr, COUNT_STATS: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program per (tile of BLOCK_M output pixels, block of GROUPS_PER_BLOCK whole gate groups).
+
+    The block's columns are ``SUB_BLOCKS`` sub-blocks of ``BLOCK_N`` (see
+    :func:`gated_tiling`). Pass 1 (skipped when decisions are given): base
+    K loop per sub-block, ``z = Yp*gate_scale + gate_shift``, sum per (pixel,
+    group), decision ``> 0`` stored. Pass 2 per sub-block: the base sum (kept
+    from pass 1 when there is one sub-block, recomputed otherwise), then,
+    only if some decision of the whole tile is on, the conditional K loops and
+    the per-(pixel, group) blend ``Yp + d*Yr``; then the fused epilogue.
+    Counters (``COUNT_STATS``): tiles, conditional tiles, and base /
+    conditional MACs as ``BLOCK_M*BLOCK_N*KH*KW*BLOCK_K`` per K step run.
+    """
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(G, GROUPS_PER_BLOCK)
+    pid_m = pid // n_blocks
+    pid_n = pid - pid_m * n_blocks
+    img, oh, ow, m_ok = pixel_coords(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), M, OH, OW)
+    groups = pid_n * GROUPS_PER_BLOCK + tl.arange(0, GROUPS_PER_BLOCK)
+    d_offs = (img.to(tl.int64) * sdn + oh * sdh + ow * sdw)[:, None] + groups[None, :] * sdg
+    d_mask = m_ok[:, None] & (groups < G)[None, :]
+    base_steps = 0
+    if HAS_DECISIONS:
+        d = tl.load(dec_ptr + d_offs, mask=d_mask, other=0) != 0
+    else:
+        z_sum = tl.zeros([BLOCK_M, GROUPS_PER_BLOCK], dtype=tl.float32)
+        for sub in tl.static_range(SUB_BLOCKS):
+            ch, ch_ok = _block_channels(pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK)
+            lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = _path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in)
+            y_base = accumulate_taps(
+                tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
+                hull_lo, hull_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+                KH, KW, BLOCK_K, PATH_BASE, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+            )  # fmt: skip
+            base_steps += k_steps(hull_lo, hull_hi, BLOCK_K)
+            g_scale = tl.load(gate_scale_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)
+            g_shift = tl.load(gate_shift_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)
+            z = tl.where(ch_ok[None, :], y_base * g_scale[None, :] + g_shift[None, :], 0.0)
+            z_sum += tl.sum(tl.reshape(z, (BLOCK_M, GROUPS_PER_BLOCK, GROUP_SLOT)), axis=2)
+        d = (z_sum > 0.0) & d_mask
+        tl.store(dec_ptr + d_offs, d.to(tl.uint8), mask=d_mask)
+    d_int = d.to(tl.int32)
+    any_on = tl.max(d_int) > 0
+    on = tl.reshape(tl.broadcast_to(d_int[:, :, None], (BLOCK_M, GROUPS_PER_BLOCK, GROUP_SLOT)), (BLOCK_M, BLOCK_N))
+    on = on != 0
+    cond_steps = 0
+    for sub in tl.static_range(SUB_BLOCKS):
+        ch, ch_ok = _block_channels(pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK)
+        lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = _path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in)
+        if HAS_DECISIONS or SUB_BLOCKS > 1:
+            y_base = accumulate_taps(
+                tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
+                hull_lo, hull_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+                KH, KW, BLOCK_K, PATH_BASE, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+            )  # fmt: skip
+            base_steps += k_steps(hull_lo, hull_hi, BLOCK_K)
+        cond_steps += k_steps(0, r1_hi, BLOCK_K) + k_steps(r2_lo, C_in, BLOCK_K)
+        y = y_base
+        if any_on:
+            y_cond = accumulate_taps(
+                tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
+                0, r1_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+                KH, KW, BLOCK_K, PATH_CONDITIONAL, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+            )  # fmt: skip
+            y_cond = accumulate_taps(
+                y_cond, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
+                r2_lo, C_in, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+                KH, KW, BLOCK_K, PATH_CONDITIONAL, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+            )  # fmt: skip
+            y = y_base + tl.where(on, y_cond, 0.0)
+        store_epilogue(
+            y, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, m_ok, ch, ch_ok,
+            syn, syc, syh, syw, srn, src, srh, srw, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL, RELU,
+        )  # fmt: skip
+    if COUNT_STATS:
+        step_macs = BLOCK_M * BLOCK_N * KH * KW * BLOCK_K
+        tl.atomic_add(stats_ptr, 1)
+        tl.atomic_add(stats_ptr + 2, base_steps.to(tl.int64) * step_macs)
+        if any_on:
+            tl.atomic_add(stats_ptr + 1, 1)
+            tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * step_macs)
+
+
+@dataclass(frozen=True)
+class GatedTiling:
+    """Fixed launch configuration of :func:`gated_conv2d`, picked from the shape and gate_group.
+
+    A program covers ``block_m`` pixels and ``groups_per_block`` whole gate
+    groups laid out in ``sub_blocks`` column sub-blocks of ``block_n``; each
+    group occupies ``group_slot`` columns (the next power of two of its size;
+    the padding columns are masked).
+    """
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_slot: int
+    groups_per_block: int
+    sub_blocks: int
+    num_warps: int
+    num_stages: int
+
+
+def gated_tiling(
+    pixels: int, in_channels: int, out_channels: int, gate_group: int, base_fraction: float
+) -> GatedTiling:
+    """Tiles for :func:`gated_conv2d`; the skipping granularity is one program.
+
+    With ``s = next_power_of_2(min(gate_group, C_out))``:
+
+    * ``s <= 16`` (gate_group 1..16): ``block_n = 16`` holding ``16 // s``
+      groups (gate_group 1: 16 per-channel decisions, the tile runs its
+      conditional loop if any (pixel, channel) of it is on);
+    * ``16 < s <= 128``: one group per program, ``block_n = s``; for gate
+      groups 16, 32, 64 work is exactly proportional to active (pixel tile,
+      gate group) pairs;
+    * ``s > 128``: one group per program in ``ceil(size / 128)`` sub-blocks of
+      128 columns; the base sum is computed twice (decision pass and output
+      pass) to keep the tile in registers.
+
+    ``block_m`` is 128 from 8192 pixels on (64 below); ``block_k`` the next
+    power of two of ``partition.base_channels(C_in, base_fraction)`` in [16, 32].
+    """
+    slot = next_power_of_2(min(gate_group, out_channels))
+    if slot <= 16:
+        block_n, groups_per_block, sub_blocks = 16, 16 // slot, 1
+    elif slot <= MAX_BLOCK_N:
+        block_n, groups_per_block, sub_blocks = slot, 1, 1
+    else:
+        slot = block_n = MAX_BLOCK_N
+        groups_per_block, sub_blocks = 1, triton.cdiv(min(gate_group, out_channels), MAX_BLOCK_N)
+    block_m = 128 if pixels >= 8192 else 64
+    block_k = min(32, max(16, next_power_of_2(partition.base_channels(in_channels, base_fraction))))
+    return GatedTiling(block_m, block_n, block_k, slot, groups_per_block, sub_blocks, 4, 3)
+
+
+@dataclass(frozen=True)
+class GatedConvStats:
+    """Work executed by one :func:`gated_conv2d` call, counted on device by its programs.
+
+    The four counters are 0-d int64 tensors on x's device filled with atomics;
+    reading them (``int(...)``, :meth:`to_dict`) synchronises, the call does not.
+
+    * ``tiles_total``: programs launched, ``cdiv(N*OH*OW, block_m) *
+      cdiv(G, groups_per_block)``;
+    * ``tiles_conditional_executed``: programs that ran their conditional loops
+      (some decision of their pixels x groups on);
+    * ``base_macs`` / ``conditional_macs``: MACs of the K loops run,
+      tile-rounded: ``block_m * block_n * kh * kw * block_k`` per K step, K
+      steps ``cdiv(range, block_k)`` per channel range of
+      :func:`_path_ranges`, per sub-block and per pass.
+
+    ``block_*``, ``groups_per_block`` and ``sub_blocks`` are the tiling used
+    (:class:`GatedTiling`).
+    """
+
+    tiles_total: torch.Tensor
+    tiles_conditional_executed: torch.Tensor
+    base_macs: torch.Tensor
+    conditional_macs: torch.Tensor
+    block_m: int
+    block_n: int
+    block_k: int
+    groups_per_block: int
+    sub_blocks: int
+
+    def to_dict(self) -> dict[str, int]:
+        """Counters and tiling as plain ints (synchronises with the device)."""
+        counters = ("tiles_total", "tiles_conditional_executed", "base_macs", "conditional_macs")
+        values = {name: int(getattr(self, name)) for name in counters}
+        tiling = ("block_m", "block_n", "block_k", "groups_per_block", "sub_blocks")
+        return values | {name: getattr(self, name) for name in tiling}
+
+
+def gated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor | PackedWeight,
+    gate_scale: torch.Tensor,
+    gate_shift: torch.Tensor,
+    *,
+    base_fraction: float = 0.25,
+    base_layout: str = "first",
+    gate_group: int = 16,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    relu: bool = False,
+    return_stats: bool = False,
+    decisions: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, GatedConvStats]:
+    """Partial-sum channel-gated conv (groups=1) that skips gated-off conditional work on device.
+
+    Semantics: exactly :func:`kernels.reference.gated_conv2d_reference`
+    (base mask from :func:`partition.base_mask`, ``z = Yp*gate_scale +
+    gate_shift``, decision ``group_sum(z) > 0`` per (pixel, gate group),
+    ``out = relu((Yp + d*Yr)*scale + shift + residual)``), float32 accumulation.
+
+    Args:
+        x: ``[N, C_in, H, W]`` float16/bfloat16/float32 on CUDA (or CPU under
+            ``TRITON_INTERPRET=1``); converted once to channels_last if needed.
+        weight: ``[C_out, C_in, kh, kw]`` in x's dtype, or a :class:`PackedWeight`.
+        gate_scale, gate_shift: float ``[C_out]``, the gate folded to an
+            affine of the base partial sum.
+        base_fraction, base_layout: the base partition (``"first"`` or ``"grouped"``).
+        gate_group: output channels per decision (any int >= 1; see
+            :func:`gated_tiling` for how finely each size skips).
+        stride, padding, dilation, scale, shift, residual, relu: as :func:`kernels.conv2d`.
+        return_stats: also return a :class:`GatedConvStats` of on-device counters.
+        decisions: optional bool ``[N, G, OH, OW]`` used instead of computing
+            them (the gate statistic is then skipped; the same tensor is returned).
+
+    Returns:
+        ``(out, decisions)`` or ``(out, decisions, stats)``: out ``[N, C_out, OH, OW]``
+        in x's dtype, channels_last; decisions bool ``[N, G, OH, OW]``,
+        ``G = ceil(C_out / gate_group)``, channels_last. Work: the base K loop
+        covers only each channel block's base input channels; the conditional
+        K loops run only in programs with an active decision. No host sync;
+        an empty batch returns empty results without a launch. Inference only.
+    """
+    geom = validate_gated(
+        x, weight, gate_scale, gate_shift,
+        base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, decisions=decisions,
+        stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual,
+    )  # fmt: skip
+    require_kernel_support(x)
+    groups = partition.gate_group_count(geom.out_channels, gate_group)
+    tiling = gated_tiling(geom.pixels, geom.in_channels, geom.out_channels, gate_group, base_fraction)
+    y = new_output(geom, x)
+    if decisions is None:
+        dec_bytes = torch.empty(
+            (geom.batch, groups, geom.out_height, geom.out_width),
+            dtype=torch.uint8, device=x.device, memory_format=torch.channels_last,
+        )  # fmt: skip
+    else:
+        dec_bytes = decisions.view(torch.uint8)
+    counters = torch.zeros(4, dtype=torch.int64, device=x.device) if return_stats else None
+    if geom.pixels > 0:
+        x = channels_last(x)
+        scale, shift = contiguous_vector(scale), contiguous_vector(shift)
+        gate_scale, gate_shift = contiguous_vector(gate_scale), contiguous_vector(gate_shift)
+        base = base_intervals(geom.out_channels, geom.in_channels, base_fraction, base_layout, x.device)
+        grid = (triton.cdiv(geom.pixels, tiling.block_m) * triton.cdiv(groups, tiling.groups_per_block),)
+        _gated_conv2d_kernel[grid](
+            x, packed_data(weight), y, dec_bytes, gate_scale, gate_shift, base.lo, base.hi,
+            optional_pointer(scale, y), optional_pointer(shift, y), optional_pointer(residual, y),
+            optional_pointer(counters, y),
+            geom.pixels, geom.height, geom.width, geom.in_channels, geom.out_channels,
+            geom.out_height, geom.out_width, groups, gate_group,
+            *x.stride(), *y.stride(), *dec_bytes.stride(), *tensor_strides(residual),
+            *geom.stride, *geom.padding, *geom.dilation,
+            KH=geom.kernel[0], KW=geom.kernel[1],
+            BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
+            GROUP_SLOT=tiling.group_slot, GROUPS_PER_BLOCK=tiling.groups_per_block, SUB_BLOCKS=tiling.sub_blocks,
+            RANGE_ALIGN=base.alignment,
+            HAS_DECISIONS=decisions is not None, COUNT_STATS=return_stats,
+            HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RESIDUAL=residual is not None, RELU=relu,
+            num_warps=tiling.num_warps, num_stages=tiling.num_stages, **dot_options(x.dtype),
+        )  # fmt: skip
+    out_decisions = dec_bytes.view(torch.bool) if decisions is None else decisions
+    if not return_stats:
+        return y, out_decisions
+    stats = GatedConvStats(
+        *counters.unbind(0),
+        tiling.block_m, tiling.block_n, tiling.block_k, tiling.groups_per_block, tiling.sub_blocks,
+    )  # fmt: skip
+    return y, out_decisions, stats

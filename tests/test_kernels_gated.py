@@ -1,0 +1,399 @@
+"""Gated Triton conv (``kernels.gated_conv2d``) against its float64 reference, and proof of skipping.
+
+Outputs use the tolerance of ``test_kernels_conv2d`` (PyTorch's own error at the
+kernel's dtype). Decisions are compared with the float64 reference only where
+the group sum of the gate statistic is clear of the kernel's rounding error
+(see :func:`clear_of_rounding`); the output is then compared with the reference
+run on the kernel's own decisions, so a near-threshold flip cannot fail it.
+The work counters must equal what the returned decisions imply under the
+tiling documented in ``kernels.gated_conv2d`` (:func:`expected_stats`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels._common import base_intervals
+from kernels.gated_conv2d import GatedConvStats, gated_tiling
+from test_kernels_conv2d import (
+    COMMON_BAD_ARGS,
+    DEVICE,
+    DTYPES,
+    HYPOTHESIS,
+    META,
+    as_float64,
+    assert_matches,
+    compile_for_hopper,
+    conv_args,
+    out_size,
+    poisoned_empty,
+    rand,
+    set_arg,
+    to_device,
+)
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def clear_of_rounding(
+    x: torch.Tensor, weight: torch.Tensor, gate_scale: torch.Tensor, gate_shift: torch.Tensor,
+    gate: dict, geometry: dict,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Float64 decisions and where they are clear of the kernel's rounding error.
+
+    The kernel forms the base sum in float32 from the same input values, so its
+    error is bounded like an output's (``test_kernels_conv2d``): ``err = 4*|PyTorch
+    float32 - float64| + eps32*sqrt(K)*max|base sum|``. A group sum of ``g``
+    channels can then be off by ``g*(max|gate_scale|*err + 4*eps32*max|z|)``
+    (the second term: float32 rounding of the statistic and its sum); decisions
+    whose float64 group sum exceeds that are clear.
+    """
+    c_out, c_in, kh, kw = weight.shape
+    base = kernels.base_mask(c_out, c_in, gate["base_fraction"], gate["base_layout"])[:, :, None, None]
+    w_base = weight.double() * base
+    y64 = F.conv2d(x.double(), w_base, **geometry)
+    y32 = F.conv2d(x.float(), w_base.float(), **geometry).double()
+    err = 4 * (y32 - y64).abs().max() + EPS32 * math.sqrt(c_in * kh * kw) * y64.abs().max()
+    z = y64 * gate_scale.double()[:, None, None] + gate_shift.double()[:, None, None]
+    group_sum = kernels.group_sum(z, gate["gate_group"])
+    size = min(gate["gate_group"], c_out)
+    margin = size * (gate_scale.abs().max() * err + 4 * EPS32 * z.abs().max())
+    return group_sum > 0, group_sum.abs() > margin
+
+
+def expected_stats(
+    decisions: torch.Tensor, stats: GatedConvStats, weight_shape: torch.Size, gate: dict, decisions_given: bool
+) -> dict[str, int]:
+    """Counters implied by ``decisions`` under the documented tiling.
+
+    Program ``(p, q)``: pixels ``[p*block_m, (p+1)*block_m)`` of the flattened
+    ``(n, oh, ow)`` order and gate groups ``[q*groups_per_block, ...)``, each group
+    in ``block_n // groups_per_block`` columns per sub-block. Its base loop covers
+    the hull of its channels' base intervals; its conditional loops cover
+    ``[0, C_in)`` minus the channels that are base for all of them; each range
+    costs ``cdiv(length, block_k)`` steps of ``block_m*block_n*kh*kw*block_k`` MACs.
+    The base loop runs twice with several sub-blocks (decision and output pass)
+    unless decisions are given.
+    """
+    c_out, c_in, kh, kw = weight_shape
+    g = gate["gate_group"]
+    n, groups, oh, ow = decisions.shape
+    bm, bn, bk, gpb, subs = stats.block_m, stats.block_n, stats.block_k, stats.groups_per_block, stats.sub_blocks
+    slot = bn // gpb
+    tiles_m, tiles_n = math.ceil(n * oh * ow / bm), math.ceil(groups / gpb)
+    padded = torch.zeros(tiles_m * bm, tiles_n * gpb, dtype=torch.bool)
+    padded[: n * oh * ow, :groups] = decisions.permute(0, 2, 3, 1).reshape(-1, groups)
+    active = padded.reshape(tiles_m, bm, tiles_n, gpb).any(dim=3).any(dim=1)
+    mask = kernels.base_mask(c_out, c_in, gate["base_fraction"], gate["base_layout"])
+    lo = mask.int().argmax(dim=1)
+    hi = lo + mask.sum(dim=1)
+    base_steps, cond_steps = [0] * tiles_n, [0] * tiles_n
+    for q in range(tiles_n):
+        for sub in range(subs):
+            offsets = [(q * gpb + col // slot, col % slot + sub * bn) for col in range(bn)]
+            chans = [group * g + offset for group, offset in offsets if offset < g and group * g + offset < c_out]
+            if not chans:
+                continue
+            los, his = lo[chans], hi[chans]
+            base_steps[q] += math.ceil((his.max() - los.min()).item() / bk)
+            common_lo, common_hi = los.max().item(), his.min().item()
+            if common_hi > common_lo:
+                cond_steps[q] += math.ceil(common_lo / bk) + math.ceil((c_in - common_hi) / bk)
+            else:
+                cond_steps[q] += math.ceil(c_in / bk)
+    passes = 2 if subs > 1 and not decisions_given else 1
+    step = bm * bn * kh * kw * bk
+    return {
+        "tiles_total": tiles_m * tiles_n,
+        "tiles_conditional_executed": int(active.sum()),
+        "base_macs": tiles_m * sum(base_steps) * passes * step,
+        "conditional_macs": sum(int(active[:, q].sum()) * cond_steps[q] for q in range(tiles_n)) * step,
+    }
+
+
+def run_gated(
+    x: torch.Tensor, weight: torch.Tensor, gate_scale: torch.Tensor, gate_shift: torch.Tensor,
+    gate: dict, conv: dict, decisions: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, GatedConvStats]:  # fmt: skip
+    """Run the kernel on DEVICE with poisoned buffers, check it all against the reference; return its results.
+
+    ``out`` and ``decisions`` come back on CPU, ``stats`` stays on DEVICE.
+    """
+    args = (x, weight, gate_scale, gate_shift)
+    kernel_args = {k: to_device(v) for k, v in conv.items()} | {"decisions": to_device(decisions)}
+    with poisoned_empty():
+        out, got, stats = kernels.gated_conv2d(*map(to_device, args), **gate, **kernel_args, return_stats=True)
+    if decisions is not None:
+        assert got is kernel_args["decisions"]
+    out, got = out.cpu(), got.cpu()
+    assert got.dtype == torch.bool and int(got.view(torch.uint8).max()) <= 1, "decisions not all written"
+    if decisions is None:
+        geometry = {k: v for k, v in conv.items() if k in ("stride", "padding", "dilation")}
+        truth_decisions, clear = clear_of_rounding(x, weight, gate_scale, gate_shift, gate, geometry)
+        assert torch.equal(got[clear], truth_decisions[clear])
+        assert clear.float().mean() >= 0.5, "too few decisions clear of rounding to test"
+    reference = kernels.gated_conv2d_reference
+    truth, _ = reference(*map(as_float64, args), **gate, **{k: as_float64(v) for k, v in conv.items()}, decisions=got)
+    at_dtype, _ = reference(*args, **gate, **conv, decisions=got)
+    assert_matches(out, truth, at_dtype, math.prod(weight.shape[1:]))
+    counters, expected = stats.to_dict(), expected_stats(got, stats, weight.shape, gate, decisions is not None)
+    assert {name: counters[name] for name in expected} == expected
+    return out, got, stats
+
+
+def make_case(
+    batch: int, c_in: int, c_out: int, kernel: int, size: tuple[int, int], dtype: torch.dtype, seed: int,
+    shift: float = 0.0, epilogue: bool = False, conv: dict | None = None,
+) -> tuple[tuple[torch.Tensor, ...], dict]:  # fmt: skip
+    """Inputs ``(x, weight, gate_scale, gate_shift)`` and conv kwargs; ``shift`` moves the gate threshold."""
+    gen = torch.Generator().manual_seed(seed)
+    conv = dict(conv or {"padding": kernel // 2})
+    x = rand((batch, c_in, *size), dtype, gen)
+    weight = rand((c_out, c_in, kernel, kernel), dtype, gen, std=(c_in * kernel * kernel) ** -0.5)
+    gate_scale = rand((c_out,), torch.float32, gen).abs() + 0.5
+    gate_shift = (rand((c_out, 2), torch.float32, gen) * 0.3 + shift)[:, 0]  # strided on purpose
+    if epilogue:
+        out_hw = [
+            out_size(s, kernel, conv.get("stride", 1), conv.get("padding", 0), conv.get("dilation", 1)) for s in size
+        ]
+        conv |= {
+            "scale": rand((c_out,), torch.float32, gen).abs() + 0.5,
+            "shift": rand((c_out,), torch.float32, gen),
+            "residual": rand((batch, c_out, *out_hw), dtype, gen),
+            "relu": True,
+        }
+    return (x, weight, gate_scale, gate_shift), conv
+
+
+def _gate(gate_group: int, base_layout: str = "first", base_fraction: float = 0.25) -> dict:
+    return {"gate_group": gate_group, "base_layout": base_layout, "base_fraction": base_fraction}
+
+
+@st.composite
+def gated_cases(draw: st.DrawFn) -> dict[str, object]:
+    kernel = draw(st.sampled_from([1, 3, 5]))
+    dilation = draw(st.sampled_from([1, 2]))
+    span = dilation * (kernel - 1) + 1
+    padding = draw(st.integers(0, span // 2))
+    return {
+        "batch": draw(st.integers(1, 3)),
+        "c_in": draw(st.integers(4, 24)),
+        "c_out": draw(st.integers(4, 40)),
+        "kernel": kernel,
+        "conv": {"stride": draw(st.sampled_from([1, 2])), "padding": padding, "dilation": dilation},
+        "size": (draw(st.integers(max(1, span - 2 * padding), 9)), draw(st.integers(max(1, span - 2 * padding), 9))),
+        "dtype": draw(st.sampled_from(DTYPES)),
+        "gate": _gate(
+            draw(st.sampled_from([1, 8, 16, 32, 64, 3, 12])),
+            draw(st.sampled_from(["first", "grouped"])),
+            draw(st.sampled_from([0.25, 0.5])),
+        ),
+        "shift": draw(st.floats(-1.0, 1.0)),
+        "epilogue": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def _gcase(**overrides: object) -> dict[str, object]:
+    base = {"batch": 2, "c_in": 20, "c_out": 40, "kernel": 3, "conv": {"padding": 1}, "size": (7, 9),
+            "dtype": torch.bfloat16, "gate": _gate(16), "shift": 0.0, "epilogue": True, "seed": 0}  # fmt: skip
+    return base | overrides
+
+
+@settings(HYPOTHESIS, max_examples=30)
+@given(case=gated_cases())
+@example(case=_gcase())
+@example(case=_gcase(gate=_gate(8, "grouped"), dtype=torch.float16, conv={"stride": 2, "padding": 1}))
+@example(case=_gcase(gate=_gate(1, "grouped"), dtype=torch.float32, c_out=23, c_in=13, epilogue=False))
+@example(case=_gcase(gate=_gate(64, "first"), c_out=72, c_in=16, kernel=1, conv={}, size=(5, 5)))
+@example(case=_gcase(gate=_gate(32, "grouped", 0.5), c_out=37, kernel=5, conv={"padding": 4, "dilation": 2}))
+def test_gated_conv2d_matches_reference(case: dict[str, object]) -> None:
+    args, conv = make_case(
+        case["batch"], case["c_in"], case["c_out"], case["kernel"], case["size"], case["dtype"], case["seed"],
+        case["shift"], case["epilogue"], case["conv"],
+    )  # fmt: skip
+    run_gated(*args, case["gate"], conv)
+
+
+GROUP_CONFIGS = [(g, layout) for g in (1, 8, 16, 32, 64) for layout in ("first", "grouped")]
+
+
+@pytest.mark.parametrize("gate_group, layout", GROUP_CONFIGS)
+def test_all_off_keeps_base_sum_and_skips_every_tile(gate_group: int, layout: str) -> None:
+    args, conv = make_case(2, 32, 72, 1, (5, 7), torch.float16, seed=3, shift=-1e4)
+    out, decisions, stats = run_gated(*args, _gate(gate_group, layout), conv)
+    assert not decisions.any()
+    assert int(stats.tiles_conditional_executed) == 0 and int(stats.conditional_macs) == 0
+    x, weight = args[:2]
+    base = kernels.base_mask(72, 32, 0.25, layout, x.device)[:, :, None, None].to(weight.dtype)
+    truth = kernels.conv2d_reference(x.double(), weight.double() * base.double())
+    assert_matches(out, truth, kernels.conv2d_reference(x, weight * base), 32)
+
+
+@pytest.mark.parametrize("gate_group, layout", GROUP_CONFIGS)
+def test_all_on_equals_dense_conv_and_runs_every_tile(gate_group: int, layout: str) -> None:
+    args, conv = make_case(2, 32, 72, 1, (5, 7), torch.float16, seed=4, shift=1e4)
+    out, decisions, stats = run_gated(*args, _gate(gate_group, layout), conv)
+    assert decisions.all()
+    assert int(stats.tiles_conditional_executed) == int(stats.tiles_total) > 0
+    x, weight = args[:2]
+    truth = kernels.conv2d_reference(x.double(), weight.double())
+    assert_matches(out, truth, kernels.conv2d_reference(x, weight), 32)
+
+
+@pytest.mark.parametrize("layout", ["first", "grouped"])
+def test_single_active_pixel_runs_one_pixel_tile(layout: str) -> None:
+    gen = torch.Generator().manual_seed(5)
+    x = torch.zeros(2, 16, 8, 8, dtype=torch.bfloat16)
+    x[1, :, 3, 2] = 1.0
+    weight = (torch.rand(40, 16, 1, 1, generator=gen) + 0.1).to(torch.bfloat16)
+    gate_scale, gate_shift = torch.ones(40), torch.full((40,), -0.05)
+    _, decisions, stats = run_gated(x, weight, gate_scale, gate_shift, _gate(16, layout), {})
+    assert decisions.sum() == 3 and decisions[1, :, 3, 2].all()
+    assert int(stats.tiles_total) == 2 * 3 and int(stats.tiles_conditional_executed) == 3
+
+
+@pytest.mark.parametrize("layout", ["first", "grouped"])
+def test_given_decisions_are_used_as_is(layout: str) -> None:
+    args, conv = make_case(2, 12, 40, 3, (6, 7), torch.float32, seed=6, epilogue=True)
+    gen = torch.Generator().manual_seed(6)
+    for decisions in (torch.zeros(2, 3, 6, 7, dtype=torch.bool), torch.rand(2, 3, 6, 7, generator=gen) > 0.8):
+        decisions[1, 2, 4, 5] = True
+        run_gated(*args, _gate(16, layout), conv, decisions=decisions)
+    single = torch.zeros(2, 3, 6, 7, dtype=torch.bool)
+    single[0, 1, 0, 0] = True
+    _, _, stats = run_gated(*args, _gate(16, layout), conv, decisions=single)
+    assert int(stats.tiles_conditional_executed) == 1
+
+
+@pytest.mark.parametrize("layout", ["first", "grouped"])
+def test_spatially_coherent_mask_skips_tiles_away_from_the_blob(layout: str) -> None:
+    gen = torch.Generator().manual_seed(7)
+    rows = torch.arange(12.0)
+    blob = torch.exp(-((rows[:, None] - 2) ** 2 + (rows[None, :] - 3) ** 2) / 4)
+    x = torch.randn(2, 20, 12, 12, generator=gen) * 0.01
+    x[0] += 3 * blob
+    x = x.to(torch.bfloat16)
+    weight = (rand((40, 20, 3, 3), torch.float32, gen, std=0.1) + 0.02).to(torch.bfloat16)
+    gate_scale, gate_shift = torch.ones(40), torch.full((40,), -0.05)
+    _, decisions, stats = run_gated(x, weight, gate_scale, gate_shift, _gate(16, layout), {"padding": 1})
+    assert decisions[1].sum() == 0 and decisions[0, :, :6, :8].any()
+    assert 0 < int(stats.tiles_conditional_executed) < int(stats.tiles_total)
+
+
+@pytest.mark.parametrize(
+    "gate_group, c_out",
+    [(5, 23), (12, 40), (40, 40), (1000, 40), (160, 160), (144, 150)],
+    ids=["odd", "non-power-of-two", "whole-layer", "larger-than-c_out", "two-sub-blocks", "ragged-sub-blocks"],
+)
+def test_any_gate_group_size(gate_group: int, c_out: int) -> None:
+    args, conv = make_case(1, 8, c_out, 3, (5, 6), torch.bfloat16, seed=gate_group, epilogue=True)
+    _, decisions, stats = run_gated(*args, _gate(gate_group, "grouped"), conv)
+    assert decisions.shape == (1, math.ceil(c_out / gate_group), 5, 6)
+    assert stats.sub_blocks == math.ceil(min(gate_group, c_out) / 128)
+
+
+@pytest.mark.parametrize(
+    "gate_group, block_n, groups_per_block",
+    [(1, 16, 16), (8, 16, 2), (16, 16, 1), (32, 32, 1), (64, 64, 1), (12, 16, 1), (100, 128, 1)],
+)
+def test_tiling_puts_whole_gate_groups_in_each_program(gate_group: int, block_n: int, groups_per_block: int) -> None:
+    tiling = gated_tiling(100_000, 256, 512, gate_group, 0.25)
+    assert (tiling.block_n, tiling.groups_per_block, tiling.sub_blocks) == (block_n, groups_per_block, 1)
+    assert tiling.block_m == 128 and tiling.block_k == 32
+
+
+@pytest.mark.parametrize(
+    "c_in, base_fraction, layout, alignment",
+    [(32, 0.25, "first", 8), (20, 0.25, "first", 1), (32, 0.25, "grouped", 8), (24, 0.25, "grouped", 1),
+     (32, 0.5, "grouped", 8)],
+)  # fmt: skip
+def test_base_intervals_follow_the_partition(c_in: int, base_fraction: float, layout: str, alignment: int) -> None:
+    lo, hi, align = base_intervals(40, c_in, base_fraction, layout, torch.device("cpu"))
+    channel = torch.arange(c_in)
+    interval_mask = (channel >= lo[:, None]) & (channel < hi[:, None])
+    assert torch.equal(interval_mask, kernels.base_mask(40, c_in, base_fraction, layout))
+    assert lo.dtype == torch.int32 and align == alignment
+
+
+def test_empty_batch_returns_empty_results_and_zero_counters() -> None:
+    x = torch.zeros(0, 8, 5, 5, dtype=torch.float16, device=DEVICE)
+    weight = torch.zeros(20, 8, 3, 3, dtype=torch.float16, device=DEVICE)
+    gate_scale, gate_shift = torch.ones(20, device=DEVICE), torch.zeros(20, device=DEVICE)
+    out, decisions, stats = kernels.gated_conv2d(x, weight, gate_scale, gate_shift, gate_group=8, return_stats=True)
+    assert out.shape == (0, 20, 3, 3) and decisions.shape == (0, 3, 3, 3) and decisions.dtype == torch.bool
+    assert stats.to_dict()["tiles_total"] == 0 and stats.to_dict()["base_macs"] == 0
+
+
+def gated_args() -> dict[str, object]:
+    """A valid gated call: :func:`conv_args` plus gate_scale/gate_shift [8]."""
+    return conv_args() | {"gate_scale": torch.ones(8), "gate_shift": torch.zeros(8)}
+
+
+GATED_BAD_ARGS = COMMON_BAD_ARGS | {
+    "gate_scale-shape": (set_arg("gate_scale", lambda: torch.ones(9)), "gate_scale must be"),
+    "gate_scale-device": (set_arg("gate_scale", lambda: torch.ones(8, device=META)), "gate_scale is on meta"),
+    "gate_shift-shape": (set_arg("gate_shift", lambda: torch.ones(1, 8)), "gate_shift must be"),
+    "gate_shift-device": (set_arg("gate_shift", lambda: torch.ones(8, device=META)), "gate_shift is on meta"),
+    "base_layout": (set_arg("base_layout", "diagonal"), "base_layout must be one of"),
+    "gate_group": (set_arg("gate_group", 0), "gate_group must be"),
+    "base_fraction": (set_arg("base_fraction", 0.0), "base_fraction"),
+    "grouped-fraction": (lambda a: a.update(base_layout="grouped", base_fraction=0.3), "base_fraction"),
+    "decisions-shape": (set_arg("decisions", lambda: torch.zeros(2, 2, 4, 4, dtype=torch.bool)), "decisions must be"),
+    "decisions-dtype": (set_arg("decisions", lambda: torch.zeros(2, 1, 4, 4)), "decisions must be"),
+    "decisions-device": (
+        set_arg("decisions", lambda: torch.zeros(2, 1, 4, 4, dtype=torch.bool, device=META)),
+        "decisions is on meta",
+    ),
+}
+
+
+def call_gated(fn: Callable[..., object], args: dict[str, object]) -> object:
+    args = dict(args)
+    return fn(args.pop("x"), args.pop("weight"), args.pop("gate_scale"), args.pop("gate_shift"), **args)
+
+
+@pytest.mark.parametrize("fn", [kernels.gated_conv2d, kernels.gated_conv2d_reference], ids=["kernel", "reference"])
+@pytest.mark.parametrize("case", GATED_BAD_ARGS, ids=str)
+def test_bad_arguments_raise_value_error_naming_them(fn: Callable[..., object], case: str) -> None:
+    mutate, message = GATED_BAD_ARGS[case]
+    args = gated_args() | {"gate_group": 8}
+    mutate(args)
+    with pytest.raises(ValueError, match=message):
+        call_gated(fn, args)
+
+
+def test_kernel_rejects_float64_and_cpu_without_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = {k: v.double() for k, v in gated_args().items()}
+    with pytest.raises(NotImplementedError, match="float64"):
+        call_gated(kernels.gated_conv2d, args)
+    out, decisions, stats = call_gated(kernels.gated_conv2d_reference, args | {"return_stats": True})
+    assert out.dtype == torch.float64 and decisions.shape == (2, 1, 4, 4) and stats is None
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="CUDA tensor"):
+        call_gated(kernels.gated_conv2d, gated_args())
+
+
+def test_gated_kernel_compiles_for_hopper_with_tensor_cores(tmp_path: Path) -> None:
+    common = {"KH": 3, "KW": 3, "BLOCK_M": 64, "BLOCK_K": 32, "COUNT_STATS": True, "HAS_SCALE": True,
+              "HAS_SHIFT": True, "HAS_RESIDUAL": True, "RELU": True, "UPCAST_DOT": False,
+              "DOT_PRECISION": "tf32"}  # fmt: skip
+    tilings = [(16, 1, 16, 1, False, 1), (64, 64, 1, 1, False, 8), (128, 128, 1, 2, True, 8)]
+    pointers = {name: "*bf16" for name in ("x_ptr", "w_ptr", "y_ptr", "res_ptr")}
+    pointers |= {"dec_ptr": "*u8", "base_lo_ptr": "*i32", "base_hi_ptr": "*i32", "stats_ptr": "*i64"}
+    variants = [
+        (pointers, common | {"BLOCK_N": n, "GROUP_SLOT": slot, "GROUPS_PER_BLOCK": gpb, "SUB_BLOCKS": subs,
+                             "HAS_DECISIONS": given, "RANGE_ALIGN": align})  # fmt: skip
+        for n, slot, gpb, subs, given, align in tilings
+    ]
+    compiled = compile_for_hopper("kernels.gated_conv2d", "_gated_conv2d_kernel", variants, tmp_path)
+    assert compiled == [True] * len(variants)
