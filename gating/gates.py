@@ -127,7 +127,6 @@ class ChannelGatedConv2d(nn.Module):
         self.force_open = False
         self.last_decisions: torch.Tensor | None = None
         self.last_soft_density: torch.Tensor | None = None
-        self.last_input_shape: tuple[int, ...] | None = None
         self.last_forced_open = False
         self.reset_parameters()
 
@@ -201,7 +200,6 @@ class ChannelGatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_conv_input(self.layer_name, x, self.in_channels, self.weight.dtype)
-        self.last_input_shape = tuple(x.shape)
         if self.force_open:
             y = self._conv(x, self.weight, self.bias)
             self.last_forced_open = True

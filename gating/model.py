@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from .accounting import CallRecorder, Report, conv_macs, gated_mac_terms
+from kernels.partition import group_index
+
 from .config import GateConfig
 from .gates import ChannelGatedConv2d, check_conv_input, unsupported_reason
 
@@ -80,6 +82,28 @@ def _input_check(name: str):
         check_conv_input(name, args[0], module.in_channels, module.weight.dtype)
 
     return check
+
+
+def expand_group_values(values: torch.Tensor, layer: ChannelGatedConv2d) -> torch.Tensor:
+    """Per-group values ``[G]`` repeated for each output channel of the group -> ``[C_out]``."""
+    return values.to(layer.threshold.dtype).index_select(
+        0, group_index(layer.out_channels, layer.gate_group, values.device)
+    )
+
+
+def _capture_gate_statistic(model: nn.Module, layer: ChannelGatedConv2d, inputs: torch.Tensor) -> torch.Tensor:
+    """Run ``model(inputs)`` and return ``layer``'s gate statistic ``z`` of that forward."""
+    captured: list[torch.Tensor] = []
+
+    def hook(module: ChannelGatedConv2d, args: tuple) -> None:
+        captured.append(module.gate_statistic(module.partial_sums(args[0])[0]))
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        model(inputs)
+    finally:
+        handle.remove()
+    return captured[0]
 
 
 class GatedModel(nn.Module):
@@ -207,6 +231,68 @@ class GatedModel(nn.Module):
         if self.config.target_flops_ratio is not None:
             loss = loss + self.config.budget_weight * self.budget_loss().to(loss.device)
         return loss
+
+    # ------------------------------------------------------------ calibration
+    def uniform_density(self, target_flops_ratio: float) -> float:
+        """The gate density, equal in every gated layer, at which the last forward's
+        executed-MAC ratio would be ``target_flops_ratio`` (clipped to [0, 1])."""
+        if not self._recorder.calls:
+            raise RuntimeError("GatedModel.uniform_density(): run a forward pass first")
+        fixed = dense = conditional = 0
+        for call in self._recorder.calls:
+            if isinstance(call.module, ChannelGatedConv2d):
+                base, cond_full, gate = gated_mac_terms(call.module, call.out)
+                fixed, conditional = fixed + base + gate, conditional + cond_full
+                dense += conv_macs(call.module, call.inp, call.out)
+            else:
+                count = self._recorder.count(call)
+                fixed, dense = fixed + count.macs_executed, dense + count.macs_dense
+        if conditional == 0:
+            return 1.0
+        return min(1.0, max(0.0, (target_flops_ratio * dense - fixed) / conditional))
+
+    @torch.no_grad()
+    def calibrate(self, inputs: torch.Tensor, target_flops_ratio: float) -> float:
+        """Set the gate statistics and thresholds from data so the model starts near a budget.
+
+        ``inputs`` is a representative batch ``[N, C, H, W]``. First every gate
+        BatchNorm's running statistics are set to the cumulative average over
+        ``inputs`` (gates open). Then, layer by layer in forward order (so each
+        layer sees the inputs its calibrated predecessors give it), every
+        threshold of gate group ``j`` is set to the ``1 - density`` quantile of
+        that group's eval-mode gate statistic, where ``density`` is
+        ``uniform_density(target_flops_ratio)``. Returns that density. The
+        model's train/eval mode is restored.
+        """
+        if not 0.0 < target_flops_ratio <= 1.0:
+            raise ValueError(f"target_flops_ratio must be in (0, 1], got {target_flops_ratio!r}")
+        was_training = self.training
+        layers = list(self.gated_layers().values())
+        momenta = [layer.gate_bn.momentum for layer in layers]
+        try:
+            self.train()
+            for layer in layers:
+                layer.gate_bn.reset_running_stats()
+                layer.gate_bn.momentum = None  # cumulative average
+            with self.open_gates():
+                self(inputs)
+                density = self.uniform_density(target_flops_ratio)
+            for layer in layers:
+                layer.gate_bn.momentum = momenta.pop(0)
+                layer.gate_bn.eval()
+            self.eval()
+            for layer in layers:
+                layer.threshold.zero_()
+                statistic = _capture_gate_statistic(self, layer, inputs)  # [N, G, OH, OW] at Δ = 0
+                per_group = statistic.transpose(0, 1).flatten(1).float()
+                quantile = torch.quantile(per_group, 1.0 - density, dim=1) if density < 1.0 else None
+                if quantile is None:
+                    layer.threshold.fill_(float(per_group.min()) - 1.0)
+                else:
+                    layer.threshold.copy_(expand_group_values(quantile, layer))
+        finally:
+            self.train(was_training)
+        return density
 
     # ------------------------------------------------------------- open gates
     @contextlib.contextmanager

@@ -57,6 +57,18 @@ def test_synthetic_is_deterministic_given_seed() -> None:
     assert not torch.equal(a.masks, c.masks)
 
 
+def test_synthetic_does_not_depend_on_thread_count() -> None:
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = data.generate_shapes(300, seed=2)
+        torch.set_num_threads(2)
+        double = data.generate_shapes(300, seed=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(x, y) for x, y in zip(single, double))
+
+
 def test_objects_cover_a_minority_of_each_image(shapes: data.ShapesSample) -> None:
     coverage = shapes.masks.float().mean(dim=(1, 2))
     assert 0.05 < coverage.mean().item() < 0.30
@@ -260,7 +272,8 @@ def test_cifar10_corrupt_file_names_it(tmp_path: Path) -> None:
 
 def test_cifar10_wrong_array_shape_is_rejected(tmp_path: Path) -> None:
     root = _fake_cifar(tmp_path)
-    _write_pickle(root / "cifar-10-batches-py" / "test_batch", {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]})
+    bad = {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}
+    _write_pickle(root / "cifar-10-batches-py" / "test_batch", bad)
     with pytest.raises(DatasetError, match="3072"):
         data.cifar10(root, train=False)
 
@@ -327,3 +340,10 @@ def test_build_loaders_imagefolder(tmp_path: Path) -> None:
     images, labels = next(iter(test))
     assert num_classes == 3 and len(train.dataset) == 6
     assert images.shape == (4, 3, 24, 24) and labels.tolist() == [0, 0, 1, 1]
+
+
+def test_build_loaders_imagefolder_rejects_mismatched_classes(tmp_path: Path) -> None:
+    root = _fake_image_folder(tmp_path)
+    (root / "val" / "eel").rename(root / "val" / "emu")
+    with pytest.raises(DatasetError, match="class folders differ"):
+        data.build_loaders("imagefolder", root, image_size=24)

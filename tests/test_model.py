@@ -197,3 +197,20 @@ def test_soft_ratio_equals_hard_ratio_and_has_gradient():
 def test_report_needs_a_forward():
     with pytest.raises(RuntimeError, match="forward"):
         GatedModel(resnet20()).report()
+
+
+def test_calibrate_meets_the_budget_on_its_batch():
+    torch.manual_seed(0)
+    gated = GatedModel(resnet20(width=8), GateConfig(gate_group=4))
+    x = torch.randn(16, 3, 16, 16)
+    density = gated.calibrate(x, 0.5)
+    assert 0.0 < density < 1.0 and gated.training
+    gated.eval()
+    with torch.no_grad():
+        gated(x)
+    assert gated.executed_macs_ratio() == pytest.approx(0.5, abs=0.02)
+    for name, value in gated.gate_stats().items():
+        assert value == pytest.approx(density, abs=0.05), name
+    assert gated.uniform_density(1.0) == 1.0
+    with pytest.raises(ValueError, match="target_flops_ratio"):
+        gated.calibrate(x, 0.0)
