@@ -67,6 +67,7 @@ class CheckpointError(RuntimeError):
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write a file atomically: ``write(f)`` fills a temporary file, which replaces ``path``.
 
+    Missing parent folders are created.
     The temporary file is uniquely named in the same directory (so the final
     rename never crosses file systems), flushed and fsynced, then moved over
     ``path`` with :func:`os.replace`. If anything fails the temporary file is
@@ -75,6 +76,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
     would give it (the process umask applies).
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as f:

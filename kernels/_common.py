@@ -144,14 +144,21 @@ def validate_conv(
     scale: torch.Tensor | None,
     shift: torch.Tensor | None,
     residual: torch.Tensor | None,
+    groups: int = 1,
 ) -> ConvGeometry:
     """Check the arguments of a dense conv (kernel or reference) and return its geometry.
+
+    Raises ``NotImplementedError`` for ``groups != 1`` (grouped and depthwise
+    convolutions are not implemented; transposed convolutions have no entry
+    point at all).
 
     Raises ``ValueError`` naming the offending argument: x/weight not 4-D or not
     floating, C_in or dtype or device mismatch, bad stride/padding/dilation, an
     empty output, scale/shift not ``[C_out]`` on x's device, residual not
     ``[N, C_out, OH, OW]`` with x's dtype and device.
     """
+    if groups != 1:
+        raise NotImplementedError(f"groups={groups!r} is not supported: these kernels implement groups=1 only")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a 4-D tensor [N, C_in, H, W], got {_describe(x)}")
     if not x.is_floating_point():

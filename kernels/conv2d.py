@@ -198,6 +198,7 @@ def conv2d(
     shift: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     relu: bool = False,
+    groups: int = 1,
 ) -> torch.Tensor:
     """Dense 2-D convolution (groups=1) with a fused ``relu(acc*scale + shift + residual)`` epilogue.
 
@@ -214,6 +215,7 @@ def conv2d(
         residual: optional ``[N, C_out, OH, OW]`` in x's dtype, any strides,
             added after scale/shift.
         relu: apply ReLU last.
+        groups: must be 1; anything else raises ``NotImplementedError``.
 
     Returns:
         ``[N, C_out, OH, OW]`` in x's dtype, channels_last memory format;
@@ -224,7 +226,8 @@ def conv2d(
     Tiling: see :func:`conv_tiling` and ``_conv2d_kernel``.
     """
     geom = validate_conv(
-        x, weight, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual
+        x, weight, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual,
+        groups=groups,
     )
     require_kernel_support(x)
     y = new_output(geom, x)

@@ -284,6 +284,7 @@ def gated_conv2d(
     shift: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     relu: bool = False,
+    groups: int = 1,
     return_stats: bool = False,
     decisions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, GatedConvStats]:
@@ -303,7 +304,7 @@ def gated_conv2d(
         base_fraction, base_layout: the base partition (``"first"`` or ``"grouped"``).
         gate_group: output channels per decision (any int >= 1; see
             :func:`gated_tiling` for how finely each size skips).
-        stride, padding, dilation, scale, shift, residual, relu: as :func:`kernels.conv2d`.
+        stride, padding, dilation, scale, shift, residual, relu, groups: as :func:`kernels.conv2d`.
         return_stats: also return a :class:`GatedConvStats` of on-device counters.
         decisions: optional bool ``[N, G, OH, OW]`` used instead of computing
             them (the gate statistic is then skipped; the same tensor is returned).
@@ -319,7 +320,7 @@ def gated_conv2d(
     geom = validate_gated(
         x, weight, gate_scale, gate_shift,
         base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, decisions=decisions,
-        stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual,
+        stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual, groups=groups,
     )  # fmt: skip
     require_kernel_support(x)
     groups = partition.gate_group_count(geom.out_channels, gate_group)

@@ -56,6 +56,7 @@ def conv2d_reference(
     shift: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     relu: bool = False,
+    groups: int = 1,
 ) -> torch.Tensor:
     """Reference of :func:`kernels.conv2d`: ``relu(conv(x, W)*scale + shift + residual)``.
 
@@ -64,7 +65,8 @@ def conv2d_reference(
     Returns ``[N, C_out, OH, OW]`` in x's dtype, channels_last.
     """
     geom = validate_conv(
-        x, weight, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual
+        x, weight, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual,
+        groups=groups,
     )
     acc = torch.promote_types(x.dtype, torch.float32)
     y = _conv(x, weight_4d(weight), geom).to(acc)
@@ -87,6 +89,7 @@ def gated_conv2d_reference(
     shift: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     relu: bool = False,
+    groups: int = 1,
     return_stats: bool = False,
     decisions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, None]:
@@ -107,7 +110,7 @@ def gated_conv2d_reference(
     geom = validate_gated(
         x, weight, gate_scale, gate_shift,
         base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, decisions=decisions,
-        stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual,
+        stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual, groups=groups,
     )  # fmt: skip
     w = weight_4d(weight)
     base = partition.base_mask(geom.out_channels, geom.in_channels, base_fraction, base_layout, x.device)

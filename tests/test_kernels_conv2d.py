@@ -320,3 +320,11 @@ def test_dense_kernel_compiles_for_hopper_with_tensor_cores(tmp_path: Path) -> N
     ]
     # bf16/fp16 dots run on tensor cores; fp32 with IEEE precision runs exact FMAs.
     assert compile_for_hopper("kernels.conv2d", "_conv2d_kernel", variants, tmp_path) == [True, True, False]
+
+
+@pytest.mark.parametrize("name", ["conv2d", "conv2d_reference", "gated_conv2d", "gated_conv2d_reference"])
+def test_grouped_convolution_is_refused_by_name(name):
+    x, w = torch.randn(1, 8, 5, 5), torch.randn(8, 4, 3, 3)
+    gate = (torch.ones(8), torch.zeros(8)) if name.startswith("gated") else ()
+    with pytest.raises(NotImplementedError, match="groups=2"):
+        getattr(kernels, name)(x, w, *gate, groups=2)
