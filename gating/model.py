@@ -197,27 +197,28 @@ class GatedModel(nn.Module):
         Its value equals ``executed_macs_ratio()``; its gradient reaches the
         gates through the straight-through sigmoid surrogate of each
         decision (gated layers' conditional MACs scale with their batch-mean
-        density). Needs a forward run with grad enabled; gates forced open or
-        run without grad count as constants.
+        density); it stays on the device of the gates (no host sync). Layers
+        run without grad or with gates forced open count their exact executed
+        MACs as constants. A gated layer called twice in one forward uses
+        the density of its last call.
         """
         if not self._recorder.calls:
             raise RuntimeError("GatedModel.soft_macs_ratio(): run a forward pass first")
-        dense_total, executed = 0, []
+        dense_total, constant, variable = 0, 0, []
         for call in self._recorder.calls:
             layer = call.module
-            if not isinstance(layer, ChannelGatedConv2d):
+            soft = layer.last_soft_density if isinstance(layer, ChannelGatedConv2d) else None
+            if soft is None or call.decisions is None:
                 count = self._recorder.count(call)
                 dense_total += count.macs_dense
-                executed.append(torch.tensor(float(count.macs_executed)))
-                continue
-            dense = conv_macs(layer, call.inp, call.out)
-            dense_total += dense
-            if call.decisions is None or layer.last_soft_density is None:
-                executed.append(torch.tensor(float(dense)))
+                constant += count.macs_executed
                 continue
             base, cond_full, gate = gated_mac_terms(layer, call.out)
-            executed.append(base + gate + cond_full * layer.last_soft_density.mean().cpu())
-        return torch.stack(executed).sum() / dense_total
+            dense_total += conv_macs(layer, call.inp, call.out)
+            constant += base + gate
+            variable.append(cond_full * soft.mean())
+        executed = torch.stack(variable).sum() if variable else torch.zeros(())
+        return (executed + constant) / dense_total
 
     def budget_loss(self) -> torch.Tensor:
         """``(soft_macs_ratio - target_flops_ratio)^2``; zero when no target is set."""
@@ -229,7 +230,8 @@ class GatedModel(nn.Module):
         """``threshold_loss + budget_weight * budget_loss`` for the last forward."""
         loss = self.threshold_loss()
         if self.config.target_flops_ratio is not None:
-            loss = loss + self.config.budget_weight * self.budget_loss().to(loss.device)
+            budget = self.budget_loss()
+            loss = loss.to(budget.device) + self.config.budget_weight * budget
         return loss
 
     # ------------------------------------------------------------ calibration

@@ -188,6 +188,9 @@ def test_soft_ratio_equals_hard_ratio_and_has_gradient():
     assert soft.item() == pytest.approx(gated.executed_macs_ratio(), rel=1e-6)
     soft.backward()
     assert all(layer.threshold.grad.abs().sum() > 0 for layer in gated.gated_layers().values())
+    with torch.no_grad():
+        gated(torch.randn(4, 3, 16, 16))
+    assert gated.soft_macs_ratio().item() == pytest.approx(gated.executed_macs_ratio(), rel=1e-6)
     with gated.open_gates():
         gated(torch.randn(4, 3, 16, 16))
     assert gated.soft_macs_ratio().item() == pytest.approx(1.0)
