@@ -62,12 +62,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -79,6 +76,7 @@ import torch.nn.functional as F
 
 import kernels
 from gating.accounting import LayerCount, gated_count
+from gating.io import atomic_write_json
 from kernels.reference import conv2d_reference, gated_conv2d_reference
 
 from .masks import BeaconCase, beacon_case, blob_scores, group_decisions, top_fraction
@@ -431,22 +429,6 @@ def environment(cuda: bool) -> dict[str, object]:
     }
 
 
-def write_json(path: Path, payload: dict[str, object]) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def default_out(count_only: bool) -> Path:
     if count_only:
         return RESULTS_DIR / "gated_conv_counts.json"
@@ -567,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload |= {"dense": dense, "gated": gated, "summary": summary, "failed_checks": bad}
         print_summary(summary)
     payload["wall_s"] = time.perf_counter() - start
-    write_json(out, payload)
+    atomic_write_json(payload, out)
     print(f"wrote {out} ({len(shapes)} shapes, {payload['wall_s']:.1f} s)")
     if bad:
         print(f"run_gpu: {len(bad)} checks failed: {', '.join(bad)}", file=sys.stderr)

@@ -322,7 +322,9 @@ def gated_count(
 
 # ------------------------------------------------------------------ recorder
 @dataclass
-class _Call:
+class RecordedCall:
+    """One call of a counted layer: its shapes, activation element size and (gated) decisions."""
+
     name: str
     module: nn.Module
     inp: torch.Size
@@ -340,7 +342,7 @@ class CallRecorder:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.calls: list[_Call] = []
+        self.calls: list[RecordedCall] = []
         self._handles = []
         for name, module in model.named_modules():
             if isinstance(module, COUNTED_TYPES):
@@ -352,7 +354,7 @@ class CallRecorder:
             decisions = None
             if isinstance(module, ChannelGatedConv2d) and not module.last_forced_open:
                 decisions = module.last_decisions
-            self.calls.append(_Call(name, module, x.shape, output.shape, output.element_size(), decisions))
+            self.calls.append(RecordedCall(name, module, x.shape, output.shape, output.element_size(), decisions))
 
         return record
 
@@ -370,7 +372,7 @@ class CallRecorder:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    def __iter__(self) -> Iterator[_Call]:
+    def __iter__(self) -> Iterator[RecordedCall]:
         return iter(self.calls)
 
     def report(self) -> Report:
@@ -378,7 +380,7 @@ class CallRecorder:
         return Report([self.count(call) for call in self.calls])
 
     @staticmethod
-    def count(call: _Call) -> LayerCount:
+    def count(call: RecordedCall) -> LayerCount:
         """Counts of one recorded call."""
         if isinstance(call.module, ChannelGatedConv2d):
             return gated_count(call.name, call.module, call.inp, call.out, call.elem, call.decisions)

@@ -123,6 +123,7 @@ class ChannelGatedConv2d(nn.Module):
         total = per_group.sum()
         weights = per_group / total if total > 0 else torch.zeros_like(per_group)
         self.register_buffer("_group_weight", weights.float(), persistent=False)
+        self.register_buffer("_group_size", torch.tensor(sizes, dtype=torch.float32, device=device), persistent=False)
 
         self.force_open = False
         self.last_decisions: torch.Tensor | None = None
@@ -195,8 +196,7 @@ class ChannelGatedConv2d(nn.Module):
         """``z[n, j, h, w] = mean_{c in j}(BN_gate(Yp)_c - Δ_c)``, in float32 or wider."""
         dtype = torch.promote_types(yp.dtype, torch.float32)
         s = self.gate_bn(yp.to(dtype)) - self.threshold.to(dtype)[None, :, None, None]
-        sizes = torch.tensor(group_sizes(self.out_channels, self.gate_group), device=yp.device)
-        return group_sum(s, self.gate_group) / sizes[None, :, None, None]
+        return group_sum(s, self.gate_group) / self._group_size.to(dtype)[None, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_conv_input(self.layer_name, x, self.in_channels, self.weight.dtype)

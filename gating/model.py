@@ -24,9 +24,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .accounting import CallRecorder, Report, conv_macs, gated_mac_terms
-from kernels.partition import group_index
+from kernels.partition import expand_groups
 
+from .accounting import CallRecorder, RecordedCall, Report, conv_macs, gated_mac_terms
 from .config import GateConfig
 from .gates import ChannelGatedConv2d, check_conv_input, unsupported_reason
 
@@ -82,13 +82,6 @@ def _input_check(name: str):
         check_conv_input(name, args[0], module.in_channels, module.weight.dtype)
 
     return check
-
-
-def expand_group_values(values: torch.Tensor, layer: ChannelGatedConv2d) -> torch.Tensor:
-    """Per-group values ``[G]`` repeated for each output channel of the group -> ``[C_out]``."""
-    return values.to(layer.threshold.dtype).index_select(
-        0, group_index(layer.out_channels, layer.gate_group, values.device)
-    )
 
 
 def _capture_gate_statistic(model: nn.Module, layer: ChannelGatedConv2d, inputs: torch.Tensor) -> torch.Tensor:
@@ -191,6 +184,23 @@ class GatedModel(nn.Module):
         deviation = torch.cat(thresholds) - self.config.target_threshold
         return self.config.threshold_weight * deviation.pow(2).sum()
 
+    def _mac_split(self, caller: str) -> Iterator[tuple[RecordedCall, int, int, int]]:
+        """Per recorded call of the last forward: ``(call, dense, fixed, conditional)`` MACs.
+
+        For a gated call ``fixed`` is its base + gate MACs and ``conditional``
+        its conditional MACs if every decision were on; for any other call
+        ``fixed`` is its executed MACs and ``conditional`` is 0.
+        """
+        if not self._recorder.calls:
+            raise RuntimeError(f"GatedModel.{caller}(): run a forward pass first")
+        for call in self._recorder.calls:
+            if isinstance(call.module, ChannelGatedConv2d):
+                base, conditional, gate = gated_mac_terms(call.module, call.out)
+                yield call, conv_macs(call.module, call.inp, call.out), base + gate, conditional
+            else:
+                count = self._recorder.count(call)
+                yield call, count.macs_dense, count.macs_executed, 0
+
     def soft_macs_ratio(self) -> torch.Tensor:
         """Differentiable ``macs_executed / macs_dense`` of the last forward.
 
@@ -202,21 +212,15 @@ class GatedModel(nn.Module):
         MACs as constants. A gated layer called twice in one forward uses
         the density of its last call.
         """
-        if not self._recorder.calls:
-            raise RuntimeError("GatedModel.soft_macs_ratio(): run a forward pass first")
         dense_total, constant, variable = 0, 0, []
-        for call in self._recorder.calls:
-            layer = call.module
-            soft = layer.last_soft_density if isinstance(layer, ChannelGatedConv2d) else None
+        for call, dense, fixed, conditional in self._mac_split("soft_macs_ratio"):
+            soft = call.module.last_soft_density if conditional else None
+            dense_total += dense
             if soft is None or call.decisions is None:
-                count = self._recorder.count(call)
-                dense_total += count.macs_dense
-                constant += count.macs_executed
-                continue
-            base, cond_full, gate = gated_mac_terms(layer, call.out)
-            dense_total += conv_macs(layer, call.inp, call.out)
-            constant += base + gate
-            variable.append(cond_full * soft.mean())
+                constant += self._recorder.count(call).macs_executed
+            else:
+                constant += fixed
+                variable.append(conditional * soft.mean())
         executed = torch.stack(variable).sum() if variable else torch.zeros(())
         return (executed + constant) / dense_total
 
@@ -238,17 +242,9 @@ class GatedModel(nn.Module):
     def uniform_density(self, target_flops_ratio: float) -> float:
         """The gate density, equal in every gated layer, at which the last forward's
         executed-MAC ratio would be ``target_flops_ratio`` (clipped to [0, 1])."""
-        if not self._recorder.calls:
-            raise RuntimeError("GatedModel.uniform_density(): run a forward pass first")
-        fixed = dense = conditional = 0
-        for call in self._recorder.calls:
-            if isinstance(call.module, ChannelGatedConv2d):
-                base, cond_full, gate = gated_mac_terms(call.module, call.out)
-                fixed, conditional = fixed + base + gate, conditional + cond_full
-                dense += conv_macs(call.module, call.inp, call.out)
-            else:
-                count = self._recorder.count(call)
-                fixed, dense = fixed + count.macs_executed, dense + count.macs_dense
+        dense = fixed = conditional = 0
+        for _, call_dense, call_fixed, call_conditional in self._mac_split("uniform_density"):
+            dense, fixed, conditional = dense + call_dense, fixed + call_fixed, conditional + call_conditional
         if conditional == 0:
             return 1.0
         return min(1.0, max(0.0, (target_flops_ratio * dense - fixed) / conditional))
@@ -279,19 +275,19 @@ class GatedModel(nn.Module):
             with self.open_gates():
                 self(inputs)
                 density = self.uniform_density(target_flops_ratio)
-            for layer in layers:
-                layer.gate_bn.momentum = momenta.pop(0)
-                layer.gate_bn.eval()
+            for layer, momentum in zip(layers, momenta):
+                layer.gate_bn.momentum = momentum
             self.eval()
             for layer in layers:
                 layer.threshold.zero_()
                 statistic = _capture_gate_statistic(self, layer, inputs)  # [N, G, OH, OW] at Δ = 0
                 per_group = statistic.transpose(0, 1).flatten(1).float()
-                quantile = torch.quantile(per_group, 1.0 - density, dim=1) if density < 1.0 else None
-                if quantile is None:
-                    layer.threshold.fill_(float(per_group.min()) - 1.0)
-                else:
-                    layer.threshold.copy_(expand_group_values(quantile, layer))
+                if density < 1.0:
+                    thresholds = torch.quantile(per_group, 1.0 - density, dim=1)
+                else:  # every decision on: below the smallest statistic
+                    thresholds = per_group.min(dim=1).values - 1.0
+                per_channel = expand_groups(thresholds.view(1, -1, 1, 1), layer.out_channels, layer.gate_group)
+                layer.threshold.copy_(per_channel.view(-1))
         finally:
             self.train(was_training)
         return density

@@ -34,6 +34,7 @@ from test_kernels_conv2d import (
     assert_matches,
     compile_for_hopper,
     conv_args,
+    draw_geometry,
     out_size,
     poisoned_empty,
     rand,
@@ -180,17 +181,14 @@ def _gate(gate_group: int, base_layout: str = "first", base_fraction: float = 0.
 
 @st.composite
 def gated_cases(draw: st.DrawFn) -> dict[str, object]:
-    kernel = draw(st.sampled_from([1, 3, 5]))
-    dilation = draw(st.sampled_from([1, 2]))
-    span = dilation * (kernel - 1) + 1
-    padding = draw(st.integers(0, span // 2))
+    geometry = draw_geometry(draw, 9)
     return {
         "batch": draw(st.integers(1, 3)),
         "c_in": draw(st.integers(4, 24)),
         "c_out": draw(st.integers(4, 40)),
-        "kernel": kernel,
-        "conv": {"stride": draw(st.sampled_from([1, 2])), "padding": padding, "dilation": dilation},
-        "size": (draw(st.integers(max(1, span - 2 * padding), 9)), draw(st.integers(max(1, span - 2 * padding), 9))),
+        "kernel": geometry["kernel"],
+        "conv": {key: geometry[key] for key in ("stride", "padding", "dilation")},
+        "size": (geometry["height"], geometry["width"]),
         "dtype": draw(st.sampled_from(DTYPES)),
         "gate": _gate(
             draw(st.sampled_from([1, 8, 16, 32, 64, 3, 12])),
