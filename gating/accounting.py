@@ -1,4 +1,4 @@
-"""Exact counts of the work a (gated) network does for one batch (DESIGN §5).
+"""Exact counts of the work a (gated) network does for one batch (``docs/design.md#accounting``).
 
 Counted layers are the ones ``torch.utils.flop_counter.FlopCounterMode``
 counts in a CNN: every convolution (``nn.Conv1d/2d/3d``, transposed too,
@@ -21,6 +21,10 @@ channels of output ``c``) and decisions ``d[n, j, oh, ow]``::
     gate        = N * OH * OW * C_out      (one multiply-add per output element:
                                             a_c * Yp + b_c summed into the group)
     executed    = base + conditional + gate
+
+(these MAC terms are ``kernels.work``'s rule, which the ``gating::gated_conv2d``
+op's FLOP formula uses too, so ``FlopCounterMode`` over a folded layer reports
+2x the ``macs_executed`` counted here)
 
 Bytes (device memory traffic; ``e`` = element size of the activation dtype,
 ``e_w`` of the weights; each element is read once per use, tiles never
@@ -52,7 +56,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.partition import group_index
+from kernels import conv_input_span
+from kernels.partition import base_sizes, group_index
+from kernels.work import conditional_macs, conditional_per_group
+from kernels.work import gated_mac_terms as _kernel_mac_terms
 
 from .gates import ChannelGatedConv2d
 
@@ -208,8 +215,8 @@ def _receptive_union(active: torch.Tensor, module: ChannelGatedConv2d, in_hw: tu
     n, k, oh, ow = active.shape
     kh, kw = module.kernel_size
     (sh, sw), (ph, pw), (dh, dw) = module.stride, module.padding, module.dilation
-    full_h = (oh - 1) * sh - 2 * ph + dh * (kh - 1) + 1
-    full_w = (ow - 1) * sw - 2 * pw + dw * (kw - 1) + 1
+    full_h = conv_input_span(oh, kh, sh, ph, dh)
+    full_w = conv_input_span(ow, kw, sw, pw, dw)
     ones = torch.ones(k, 1, kh, kw, dtype=torch.float32, device=active.device)
     covered = F.conv_transpose2d(
         active.float(),
@@ -243,9 +250,11 @@ def _layout(module: ChannelGatedConv2d) -> _GateLayout:
         return cached
     mask = module.base_mask.cpu()
     groups = group_index(module.out_channels, module.gate_group)
-    base_per_channel = mask.sum(dim=1).long()
-    cond_per_group = torch.zeros(module.num_groups, dtype=torch.long)
-    cond_per_group.index_add_(0, groups, module.in_channels - base_per_channel)
+    config = (module.base_fraction, module.base_layout)
+    base_per_channel = torch.tensor(base_sizes(module.out_channels, module.in_channels, *config))
+    cond_per_group = torch.tensor(
+        conditional_per_group(module.out_channels, module.in_channels, *config, module.gate_group)
+    )
     # reads[j, i]: group j reads input channel i conditionally.
     reads = torch.zeros(module.num_groups, module.in_channels).index_add_(0, groups, (~mask).float()) > 0
     columns, counts = torch.unique(reads.t(), dim=0, return_counts=True)
@@ -258,16 +267,12 @@ def _layout(module: ChannelGatedConv2d) -> _GateLayout:
 
 
 def gated_mac_terms(module: ChannelGatedConv2d, out: torch.Size) -> tuple[int, int, int]:
-    """``(base, conditional if every decision were on, gate)`` MACs of a gated call with output ``out``."""
-    n, _, oh, ow = out
-    kernel = module.kernel_size[0] * module.kernel_size[1]
-    layout = _layout(module)
-    positions = n * oh * ow
-    return (
-        positions * int(layout.base_per_channel.sum()) * kernel,
-        positions * int(layout.cond_per_group.sum()) * kernel,
-        positions * module.out_channels,
-    )
+    """``(base, conditional if every decision were on, gate)`` MACs of a gated call with output ``out``.
+
+    ``kernels.work.gated_mac_terms`` for the module's configuration.
+    """
+    config = (module.base_fraction, module.base_layout, module.gate_group)
+    return _kernel_mac_terms(tuple(out), module.in_channels, module.kernel_size, *config)
 
 
 def gated_count(
@@ -292,7 +297,7 @@ def gated_count(
     layout = _layout(module)
     dec = decisions.cpu()
     base_macs, _, gate_macs = gated_mac_terms(module, out)
-    cond_macs = int((dec.long().sum(dim=(0, 2, 3)) * layout.cond_per_group).sum()) * kernel
+    cond_macs = int(conditional_macs(dec, layout.cond_per_group.tolist(), module.kernel_size))
 
     group_on = dec.flatten(2).any(dim=2).any(dim=0)  # [G]
     weight_elems = int(layout.base_per_channel.sum()) + int((layout.cond_per_group * group_on.long()).sum())

@@ -1,4 +1,4 @@
-"""Partial-sum channel gating for one convolution (DESIGN §2.1, §2.3).
+"""Partial-sum channel gating for one convolution (``docs/design.md#partial-sum-gate``).
 
 ``ChannelGatedConv2d`` computes, for weight ``W[C_out, C_in, kh, kw]`` and the
 base mask ``B[C_out, C_in]`` of ``kernels.partition``::
@@ -14,7 +14,7 @@ Backward through ``d`` is straight-through with the slope of
 ``sigmoid(alpha * z)``; with ``sparse_bp`` that surrogate gradient is zeroed
 where ``d = 0``. The decisions of the last forward are kept in
 ``last_decisions`` (bool ``[N, G, OH, OW]``, ``G = ceil(C_out / gate_group)``)
-and are what accounting, tests and kernels read.
+and are what accounting, tests and kernels read (``docs/design.md#decisions-layout``).
 
 At inference the gate folds into a per-channel affine of the raw partial sum
 (``folded_gate``): ``d = 1[sum_{c in j}(a_c * Yp_c + b_c) > 0]`` with
@@ -24,6 +24,12 @@ At inference the gate folds into a per-channel affine of the raw partial sum
 This module is the pure-PyTorch training semantics: it computes both paths
 densely (``first`` layout slices channels so no MAC is spent twice). The
 kernels in ``kernels/`` are what skip the conditional work at inference.
+
+Errors (``docs/design.md#exception-policy``): ``TypeError`` for a wrong type
+or dtype, ``ValueError`` for a wrong shape, channel count or value (including
+a gate BatchNorm without running statistics), ``NotImplementedError`` for a
+convolution this gate does not support; each message names the argument or
+the layer.
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
+from kernels import as_pair, conv_output_size
 from kernels.partition import (
     base_channels,
     base_mask,
+    check_partition,
     expand_groups,
     gate_group_count,
     group_sizes,
@@ -46,19 +53,13 @@ from kernels.partition import (
 )
 
 
-def _as_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
-    pair = _pair(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return (int(pair[0]), int(pair[1]))
-
-
 class ChannelGatedConv2d(nn.Module):
     """A 2-D convolution (groups = 1) with a partial-sum channel gate.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation,
-            bias: as ``nn.Conv2d`` (``padding`` as ints; zero padding only).
+            bias: as ``nn.Conv2d`` (ints or ``(h, w)`` pairs of ints: kernel_size,
+            stride and dilation >= 1, padding >= 0; zero padding only).
         base_fraction: fraction ``1/p`` of input channels in the base path.
         base_layout: ``"first"`` or ``"grouped"`` (see ``kernels.partition``).
         gate_group: output channels sharing one decision per pixel.
@@ -90,19 +91,18 @@ class ChannelGatedConv2d(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(
-                f"ChannelGatedConv2d needs positive channel counts, got in={in_channels}, out={out_channels}"
-            )
+        _check_channels(in_channels, out_channels)
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        self.kernel_size = _as_pair(kernel_size, "kernel_size")
-        self.stride = _as_pair(stride, "stride")
-        self.padding = _as_pair(padding, "padding")
-        self.dilation = _as_pair(dilation, "dilation")
+        self.kernel_size = as_pair(kernel_size, "kernel_size", 1)
+        self.stride = as_pair(stride, "stride", 1)
+        self.padding = as_pair(padding, "padding", 0)
+        self.dilation = as_pair(dilation, "dilation", 1)
+        gate_group_count(self.out_channels, gate_group)  # TypeError / ValueError for a bad gate_group
+        check_partition(self.out_channels, self.in_channels, base_fraction, base_layout)
         self.base_fraction = float(base_fraction)
         self.base_layout = base_layout
-        self.gate_group = int(gate_group)
+        self.gate_group = gate_group
         self.alpha = float(alpha)
         self.sparse_bp = bool(sparse_bp)
         self.layer_name = "ChannelGatedConv2d"
@@ -198,8 +198,22 @@ class ChannelGatedConv2d(nn.Module):
         s = self.gate_bn(yp.to(dtype)) - self.threshold.to(dtype)[None, :, None, None]
         return group_sum(s, self.gate_group) / self._group_size.to(dtype)[None, :, None, None]
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(OH, OW)`` for an ``H x W`` input (``kernels.conv_output_size``); ``ValueError`` if either is < 1."""
+        out_hw = tuple(
+            conv_output_size(size, k, s, p, d)
+            for size, k, s, p, d in zip((height, width), self.kernel_size, self.stride, self.padding, self.dilation)
+        )
+        if min(out_hw) < 1:
+            raise ValueError(
+                f"{self.layer_name}: input spatial size {(height, width)} is too small for kernel_size "
+                f"{self.kernel_size} with padding {self.padding} and dilation {self.dilation} (output {out_hw})"
+            )
+        return out_hw
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_conv_input(self.layer_name, x, self.in_channels, self.weight.dtype)
+        self.output_size(x.shape[2], x.shape[3])
         if self.force_open:
             y = self._conv(x, self.weight, self.bias)
             self.last_forced_open = True
@@ -235,11 +249,12 @@ class ChannelGatedConv2d(nn.Module):
         """Per-channel affine ``(a, b)`` (``[C_out]``, float32 or the weight dtype if wider) of the raw partial sum.
 
         With the gate BatchNorm's running statistics, the eval-mode decision is
-        ``group_sum(a * Yp + b) > 0`` where ``Yp`` includes the bias.
+        ``group_sum(a * Yp + b) > 0`` where ``Yp`` includes the bias. Raises
+        ``ValueError`` when the gate BatchNorm tracks no running statistics.
         """
         bn = self.gate_bn
         if bn.running_var is None or bn.running_mean is None:
-            raise RuntimeError(f"{self.layer_name}: gate BatchNorm tracks no running statistics")
+            raise ValueError(f"{self.layer_name}: gate_bn, the gate BatchNorm, tracks no running statistics")
         dtype = torch.promote_types(self.weight.dtype, torch.float32)
         inv_std = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
         shift = -bn.running_mean.to(dtype) * inv_std - self.threshold.to(dtype)
@@ -250,6 +265,18 @@ class ChannelGatedConv2d(nn.Module):
         if self.last_decisions is None:
             raise RuntimeError(f"{self.layer_name}: no forward has run yet")
         return float(self.last_decisions.float().mean()) if self.last_decisions.numel() else 0.0
+
+
+def _check_channels(in_channels: object, out_channels: object) -> None:
+    """``TypeError`` for non-int channel counts, ``ValueError`` for counts below 1."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"ChannelGatedConv2d: {name} must be an int, got {type(value).__name__}")
+    if in_channels < 1 or out_channels < 1:
+        raise ValueError(
+            f"ChannelGatedConv2d needs positive channel counts, got in_channels={in_channels}, "
+            f"out_channels={out_channels}"
+        )
 
 
 def check_conv_input(layer: str, x: object, in_channels: int, weight_dtype: torch.dtype) -> None:

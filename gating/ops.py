@@ -1,12 +1,14 @@
-"""The one dispatch seam between ``gating`` and ``kernels`` (DESIGN §3, §4).
+"""The inference seam between ``gating`` and ``kernels``: folding a gated layer into the registered ops.
 
-CUDA tensors go to the Triton kernels (``kernels.conv2d``,
-``kernels.gated_conv2d``); every other tensor goes to the PyTorch references
-with the same signatures (``kernels.reference``). Nothing else in ``gating``
-tests devices.
+``conv2d`` and ``gated_conv2d`` are the public wrappers of the registered ops
+``gating::conv2d`` / ``gating::gated_conv2d`` (``docs/design.md#registered-ops``):
+the torch dispatcher runs the Triton kernel on CUDA tensors and the PyTorch
+reference elsewhere, so neither this module nor the gates or the model test
+devices (``docs/design.md#layers-of-the-code``).
 
 ``fold_gated_conv`` turns an eval-mode ``ChannelGatedConv2d`` (and the
-BatchNorm that follows it, if any) into the arguments of the gated kernel:
+BatchNorm that follows it, if any) into the arguments of the gated op
+(``docs/design.md#folding-for-inference``):
 
 * gate: ``d = 1[group_sum(a * Yp0 + b) > 0]`` on the bias-free partial sum
   ``Yp0``, with ``a = 1/sigma``, ``b = a * bias - mu/sigma - Δ``
@@ -17,7 +19,13 @@ BatchNorm that follows it, if any) into the arguments of the gated kernel:
   without a BatchNorm).
 
 ``GatedConvInference`` is the module form: it holds the folded, packed
-parameters (computed once) and runs the whole layer in one kernel call.
+parameters (computed once, as buffers) and runs the whole layer in one op
+call; it compiles with ``torch.compile(fullgraph=True)`` and exports with
+``torch.export`` as one ``gating::gated_conv2d`` node.
+
+Errors (``docs/design.md#exception-policy``): ``TypeError`` for a layer that is
+not a ``ChannelGatedConv2d``; ``ValueError`` naming the layer for a BatchNorm
+of the wrong size or without running statistics.
 """
 
 from __future__ import annotations
@@ -28,37 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import kernels
-from kernels import PackedWeight, pack_weight
+from kernels import PackedWeight, conv2d, gated_conv2d, pack_weight
 
 from .gates import ChannelGatedConv2d
 
-
-def use_triton(x: torch.Tensor) -> bool:
-    """True when ``x`` should run through the Triton kernels (a CUDA tensor and Triton present)."""
-    return x.is_cuda and kernels.TRITON_AVAILABLE
-
-
-def conv2d(x: torch.Tensor, weight: torch.Tensor | PackedWeight, **kwargs: Any) -> torch.Tensor:
-    """Dense conv with fused epilogue: ``kernels.conv2d`` on CUDA, its reference elsewhere."""
-    op = kernels.conv2d if use_triton(x) else kernels.conv2d_reference
-    return op(x, weight, **kwargs)
-
-
-def gated_conv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor | PackedWeight,
-    gate_scale: torch.Tensor,
-    gate_shift: torch.Tensor,
-    **kwargs: Any,
-) -> tuple:
-    """Partial-sum gated conv: ``kernels.gated_conv2d`` on CUDA, its reference elsewhere.
-
-    Returns ``(y, decisions)`` (or ``(y, decisions, stats)`` with
-    ``return_stats=True``; the reference's stats are ``None``).
-    """
-    op = kernels.gated_conv2d if use_triton(x) else kernels.gated_conv2d_reference
-    return op(x, weight, gate_scale, gate_shift, **kwargs)
+__all__ = ["FoldedGatedConv", "GatedConvInference", "conv2d", "fold_gated_conv", "gated_conv2d"]
 
 
 @dataclass
@@ -107,12 +89,16 @@ def fold_gated_conv(
     if not isinstance(layer, ChannelGatedConv2d):
         raise TypeError(f"fold_gated_conv needs a ChannelGatedConv2d, got {type(layer).__name__}")
     if bn is not None:
-        if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != layer.out_channels:
+        if not isinstance(bn, nn.BatchNorm2d):
+            raise TypeError(
+                f"{layer.layer_name}: the BatchNorm to fold must be BatchNorm2d({layer.out_channels}), got {bn}"
+            )
+        if bn.num_features != layer.out_channels:
             raise ValueError(
                 f"{layer.layer_name}: the BatchNorm to fold must be BatchNorm2d({layer.out_channels}), got {bn}"
             )
         if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(f"{layer.layer_name}: the BatchNorm to fold tracks no running statistics")
+            raise ValueError(f"{layer.layer_name}: bn, the BatchNorm to fold, tracks no running statistics")
     gate_scale, gate_shift = layer.folded_gate()
     wide = gate_scale.dtype
     bias = torch.zeros_like(gate_scale) if layer.bias is None else layer.bias.to(wide)
@@ -142,22 +128,36 @@ def fold_gated_conv(
 
 
 class GatedConvInference(nn.Module):
-    """Inference form of a ``ChannelGatedConv2d`` (+ optional BatchNorm and ReLU) in one kernel call.
+    """Inference form of a ``ChannelGatedConv2d`` (+ optional BatchNorm and ReLU) in one gated op call.
 
-    ``forward(x, residual=None)``: ``x`` ``[N, C_in, H, W]`` (channels_last is
-    best on CUDA; other layouts are converted once by the kernel), optional
-    ``residual`` ``[N, C_out, OH, OW]`` added before the ReLU. Returns
-    ``[N, C_out, OH, OW]`` in ``x``'s dtype and keeps the decisions in
-    ``last_decisions`` (bool ``[N, G, OH, OW]``). The folded parameters are a
-    snapshot: rebuild after changing the source layer.
+    ``forward(x, residual=None)``: ``x`` ``[N, C_in, H, W]`` in the packed
+    weight's dtype (channels_last is best on CUDA; other layouts are converted
+    once by the kernel), optional ``residual`` ``[N, C_out, OH, OW]`` added
+    before the ReLU. Returns ``[N, C_out, OH, OW]`` in ``x``'s dtype and keeps
+    the decisions in ``last_decisions`` (bool ``[N, G, OH, OW]``). The folded
+    tensors are non-persistent buffers (they follow ``.to()``); ``folded``
+    rebuilds the :class:`FoldedGatedConv`. They are a snapshot: rebuild after
+    changing the source layer.
     """
+
+    _TENSORS = ("gate_scale", "gate_shift", "scale", "shift")
+    _CONFIG = ("base_fraction", "base_layout", "gate_group", "stride", "padding", "dilation")
 
     def __init__(self, folded: FoldedGatedConv, relu: bool = False, name: str = "GatedConvInference") -> None:
         super().__init__()
-        self.folded = folded
+        self.register_buffer("packed_weight", folded.weight.data, persistent=False)
+        for field in self._TENSORS:
+            self.register_buffer(field, getattr(folded, field), persistent=False)
+        self.config = {field: getattr(folded, field) for field in self._CONFIG}
         self.relu = relu
         self.layer_name = name
         self.last_decisions: torch.Tensor | None = None
+
+    @property
+    def folded(self) -> FoldedGatedConv:
+        """The folded arguments, from the current buffers."""
+        tensors = {field: getattr(self, field) for field in self._TENSORS}
+        return FoldedGatedConv(weight=PackedWeight(self.packed_weight), **tensors, **self.config)
 
     @classmethod
     def from_gated(
@@ -173,11 +173,13 @@ class GatedConvInference(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         y, self.last_decisions = gated_conv2d(
             x,
-            self.folded.weight,
-            self.folded.gate_scale,
-            self.folded.gate_shift,
+            PackedWeight(self.packed_weight),
+            self.gate_scale,
+            self.gate_shift,
+            scale=self.scale,
+            shift=self.shift,
             residual=residual,
             relu=self.relu,
-            **self.folded.kernel_kwargs(),
+            **self.config,
         )
         return y

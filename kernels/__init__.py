@@ -1,21 +1,31 @@
-"""Triton kernels of the gating engine, their PyTorch references and the shared channel partitions.
+"""Triton kernels of the gating engine as registered PyTorch ops, their PyTorch references and the channel partitions.
 
 * :func:`conv2d`: dense implicit-GEMM convolution with a fused
-  scale/shift/residual/ReLU epilogue.
+  scale/shift/residual/ReLU epilogue (op ``gating::conv2d``).
 * :func:`gated_conv2d`: partial-sum channel-gated convolution that skips the
-  conditional work of gated-off (pixel tile, gate group) pairs on device.
+  conditional work of gated-off (pixel tile, gate group) pairs on device (op
+  ``gating::gated_conv2d``); :class:`GatedConvStats` reads its work counters.
+* :mod:`kernels.library`: the op registrations (reference on CPU, Triton on
+  CUDA, fake implementations, FLOP formulas; ``docs/design.md#registered-ops``).
 * :mod:`kernels.reference`: the PyTorch spec of both, on any device and dtype.
-* :mod:`kernels.partition`: base layouts and gate groups (shared with ``gating``).
+* :mod:`kernels.partition`: base layouts and gate groups (shared with ``gating``);
+  :mod:`kernels.work`: the gated MAC rule (shared with ``gating.accounting``).
+* :func:`conv_output_size`, :func:`conv_input_span`, :func:`as_pair`: the one
+  conv-size rule and the one ``(h, w)`` normaliser.
 
 Triton is a Linux-only dependency: where it is missing, ``TRITON_AVAILABLE`` is
-False and only the references, partitions and weight packing are exported.
+False, the ops run their references on every device and the Triton launch
+functions (``conv2d_triton``, ``gated_conv2d_triton``) are not exported.
 This package never imports ``gating``.
 """
 
 from ._common import PackedWeight, pack_weight
+from ._validation import as_pair, conv_input_span, conv_output_size
+from .library import TRITON_AVAILABLE, conv2d, conv2d_op, gated_conv2d, gated_conv2d_op
 from .partition import (
     base_channels,
     base_mask,
+    base_sizes,
     chunk_bounds,
     chunk_count,
     expand_groups,
@@ -24,29 +34,34 @@ from .partition import (
     group_sum,
 )
 from .reference import conv2d_reference, gated_conv2d_reference
+from .work import COUNTER_FIELDS, GatedConvStats, gated_mac_terms
 
-try:
-    from .conv2d import conv2d
-    from .gated_conv2d import GatedConvStats, gated_conv2d
-except ModuleNotFoundError as error:
-    if error.name != "triton":
-        raise
-    TRITON_AVAILABLE = False
-else:
-    TRITON_AVAILABLE = True
+if TRITON_AVAILABLE:
+    from .library import conv2d_triton, gated_conv2d_triton
 
 __all__ = [
     "TRITON_AVAILABLE",
     "PackedWeight",
     "pack_weight",
+    "as_pair",
+    "conv_input_span",
+    "conv_output_size",
+    "conv2d",
+    "conv2d_op",
+    "gated_conv2d",
+    "gated_conv2d_op",
+    "GatedConvStats",
+    "COUNTER_FIELDS",
+    "gated_mac_terms",
     "conv2d_reference",
     "gated_conv2d_reference",
     "base_channels",
     "base_mask",
+    "base_sizes",
     "chunk_bounds",
     "chunk_count",
     "expand_groups",
     "gate_group_count",
     "group_index",
     "group_sum",
-] + (["conv2d", "gated_conv2d", "GatedConvStats"] if TRITON_AVAILABLE else [])
+] + (["conv2d_triton", "gated_conv2d_triton"] if TRITON_AVAILABLE else [])

@@ -1,27 +1,29 @@
-"""Host-side pieces shared by the Triton kernels and their PyTorch references.
+"""Host-side pieces shared by the Triton kernels, their PyTorch references and the registered ops.
 
-Pure PyTorch, no Triton, so ``kernels.reference`` works where Triton is not
-installed: the single validation path of kernels and references alike
-(:func:`validate_conv`, :func:`validate_gated` -> :class:`ConvGeometry`), the
-packed weight layout, the per-output-channel base intervals the gated kernel
-reads, and the small launch helpers both kernels use.
+Pure PyTorch, no Triton, so ``kernels.reference`` and ``kernels.library`` work
+where Triton is not installed: the packed weight layout, the per-output-channel
+base intervals the gated kernel reads, the one tiling rule both kernels start
+from (:func:`gemm_tile_mk`), and the small launch helpers (device guard, output
+allocation, kernel support). Argument checks live in :mod:`kernels._validation`.
 
-Errors: ``ValueError`` naming the argument for malformed arguments;
-``NotImplementedError`` naming the configuration for what the kernels do not
-support; ``RuntimeError`` for a Triton kernel called on a CPU tensor outside
-the Triton interpreter.
+Errors follow ``docs/design.md#exception-policy``: ``TypeError`` for a wrong
+type or dtype, ``ValueError`` for a wrong shape or value,
+``NotImplementedError`` for what the Triton kernels do not support (float64, a
+CPU tensor outside the Triton interpreter).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ContextManager, NamedTuple
 
 import torch
 
 from . import partition
+from ._validation import ConvGeometry, describe
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -38,9 +40,11 @@ class PackedWeight:
     data: torch.Tensor
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data, torch.Tensor):
+            raise TypeError(f"PackedWeight.data must be a torch.Tensor, got {describe(self.data)}")
         if self.data.dim() != 4 or not self.data.is_contiguous():
             raise ValueError(
-                f"PackedWeight.data must be a contiguous [kh, kw, C_in, C_out] tensor, got {_describe(self.data)}"
+                f"PackedWeight.data must be a contiguous [kh, kw, C_in, C_out] tensor, got {describe(self.data)}"
             )
 
     @property
@@ -66,177 +70,31 @@ def pack_weight(weight: torch.Tensor) -> PackedWeight:
     """Pack a ``[C_out, C_in, kh, kw]`` floating weight for the kernels (one copy).
 
     The result is detached: the kernels are inference-only and have no autograd.
+    ``TypeError`` for a non-tensor or a non-floating weight, ``ValueError`` for
+    another rank.
     """
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
-        raise ValueError(f"weight must be a 4-D tensor [C_out, C_in, kh, kw], got {_describe(weight)}")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a 4-D tensor [C_out, C_in, kh, kw], got {describe(weight)}")
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be a 4-D tensor [C_out, C_in, kh, kw], got {describe(weight)}")
     if not weight.is_floating_point():
-        raise ValueError(f"weight must be floating point, got {weight.dtype}")
+        raise TypeError(f"weight must be floating point, got {weight.dtype}")
     return PackedWeight(weight.detach().permute(2, 3, 1, 0).contiguous())
 
 
-def weight_4d(weight: torch.Tensor | PackedWeight) -> torch.Tensor:
-    """The weight as a ``[C_out, C_in, kh, kw]`` tensor, whichever form it was given in."""
+def weight_4d(weight: object) -> object:
+    """The weight as a ``[C_out, C_in, kh, kw]`` tensor (a view for a PackedWeight); other values unchanged."""
     return weight.unpack() if isinstance(weight, PackedWeight) else weight
 
 
-def packed_data(weight: torch.Tensor | PackedWeight) -> torch.Tensor:
-    """The ``[kh, kw, C_in, C_out]`` contiguous kernel operand (packs a plain tensor per call)."""
-    return weight.data if isinstance(weight, PackedWeight) else pack_weight(weight).data
+def packed_data(weight: torch.Tensor) -> torch.Tensor:
+    """The ``[kh, kw, C_in, C_out]`` contiguous kernel operand of a ``[C_out, C_in, kh, kw]`` weight.
 
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Checked sizes of one convolution: input ``[N, C_in, H, W]``, output ``[N, C_out, OH, OW]``."""
-
-    batch: int
-    in_channels: int
-    height: int
-    width: int
-    out_channels: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    out_height: int
-    out_width: int
-
-    @property
-    def out_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.out_channels, self.out_height, self.out_width)
-
-    @property
-    def pixels(self) -> int:
-        """Output pixels ``N * OH * OW``: the M dimension of the implicit GEMM."""
-        return self.batch * self.out_height * self.out_width
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dim()}-D tensor of shape {tuple(value.shape)}"
-    return f"{type(value).__name__}"
-
-
-def _pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return pair
-
-
-def _check_channel_vector(value: torch.Tensor | None, name: str, x: torch.Tensor, channels: int) -> None:
-    if value is None:
-        return
-    if not isinstance(value, torch.Tensor) or value.shape != (channels,) or not value.is_floating_point():
-        raise ValueError(f"{name} must be a floating tensor of shape [{channels}] (C_out), got {_describe(value)}")
-    if value.device != x.device:
-        raise ValueError(f"{name} is on {value.device} but x is on {x.device}")
-
-
-def validate_conv(
-    x: torch.Tensor,
-    weight: torch.Tensor | PackedWeight,
-    *,
-    stride: int | tuple[int, int],
-    padding: int | tuple[int, int],
-    dilation: int | tuple[int, int],
-    scale: torch.Tensor | None,
-    shift: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    groups: int = 1,
-) -> ConvGeometry:
-    """Check the arguments of a dense conv (kernel or reference) and return its geometry.
-
-    Raises ``NotImplementedError`` for ``groups != 1`` (grouped and depthwise
-    convolutions are not implemented; transposed convolutions have no entry
-    point at all).
-
-    Raises ``ValueError`` naming the offending argument: x/weight not 4-D or not
-    floating, C_in or dtype or device mismatch, bad stride/padding/dilation, an
-    empty output, scale/shift not ``[C_out]`` on x's device, residual not
-    ``[N, C_out, OH, OW]`` with x's dtype and device.
+    No copy when ``weight`` is the view ``PackedWeight.unpack()`` returns (or
+    any tensor with those strides); otherwise one packing copy per call.
     """
-    if groups != 1:
-        raise NotImplementedError(f"groups={groups!r} is not supported: these kernels implement groups=1 only")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a 4-D tensor [N, C_in, H, W], got {_describe(x)}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be floating point, got {x.dtype}")
-    if not isinstance(weight, PackedWeight) and (not isinstance(weight, torch.Tensor) or weight.dim() != 4):
-        raise ValueError(
-            f"weight must be a 4-D tensor [C_out, C_in, kh, kw] or a PackedWeight, got {_describe(weight)}"
-        )
-    if weight.dtype != x.dtype:
-        raise ValueError(f"weight dtype {weight.dtype} does not match x dtype {x.dtype}")
-    if weight.device != x.device:
-        raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
-    c_out, c_in, kh, kw = weight.shape
-    if c_in != x.shape[1]:
-        raise ValueError(f"weight has C_in={c_in} but x has {x.shape[1]} channels")
-    if min(c_out, c_in, kh, kw) < 1:
-        raise ValueError(f"weight must have non-zero sizes, got shape {tuple(weight.shape)}")
-    stride_ = _pair(stride, "stride", 1)
-    padding_ = _pair(padding, "padding", 0)
-    dilation_ = _pair(dilation, "dilation", 1)
-    out_hw = [
-        (size + 2 * pad - dil * (k - 1) - 1) // st + 1
-        for size, pad, dil, k, st in zip(x.shape[2:], padding_, dilation_, (kh, kw), stride_)
-    ]
-    if min(out_hw) < 1:
-        raise ValueError(
-            f"x spatial size {tuple(x.shape[2:])} is too small for kernel {(kh, kw)} with padding "
-            f"{padding_} and dilation {dilation_} (output would be {tuple(out_hw)})"
-        )
-    geom = ConvGeometry(
-        x.shape[0], c_in, x.shape[2], x.shape[3], c_out, (kh, kw), stride_, padding_, dilation_, *out_hw
-    )
-    _check_channel_vector(scale, "scale", x, c_out)
-    _check_channel_vector(shift, "shift", x, c_out)
-    if residual is not None:
-        if not isinstance(residual, torch.Tensor) or residual.shape != geom.out_shape:
-            raise ValueError(f"residual must have shape {geom.out_shape} (the output), got {_describe(residual)}")
-        if residual.dtype != x.dtype:
-            raise ValueError(f"residual dtype {residual.dtype} does not match x dtype {x.dtype}")
-        if residual.device != x.device:
-            raise ValueError(f"residual is on {residual.device} but x is on {x.device}")
-    return geom
-
-
-def validate_gated(
-    x: torch.Tensor,
-    weight: torch.Tensor | PackedWeight,
-    gate_scale: torch.Tensor,
-    gate_shift: torch.Tensor,
-    *,
-    base_fraction: float,
-    base_layout: str,
-    gate_group: int,
-    decisions: torch.Tensor | None,
-    **conv_args: object,
-) -> ConvGeometry:
-    """:func:`validate_conv` plus the gate arguments; returns the geometry.
-
-    Adds ``ValueError`` for gate_scale/gate_shift not ``[C_out]`` on x's device,
-    an unknown base_layout, gate_group < 1, a base_fraction the layout rejects
-    (see :mod:`kernels.partition`), and decisions not bool ``[N, G, OH, OW]`` on
-    x's device.
-    """
-    geom = validate_conv(x, weight, **conv_args)
-    _check_channel_vector(gate_scale, "gate_scale", x, geom.out_channels)
-    _check_channel_vector(gate_shift, "gate_shift", x, geom.out_channels)
-    if base_layout not in partition.BASE_LAYOUTS:
-        raise ValueError(f"base_layout must be one of {partition.BASE_LAYOUTS}, got {base_layout!r}")
-    if not isinstance(gate_group, int) or isinstance(gate_group, bool) or gate_group < 1:
-        raise ValueError(f"gate_group must be an int >= 1, got {gate_group!r}")
-    base_intervals(geom.out_channels, geom.in_channels, base_fraction, base_layout, torch.device("cpu"))
-    if decisions is not None:
-        shape = (geom.batch, partition.gate_group_count(geom.out_channels, gate_group), *geom.out_shape[2:])
-        if not isinstance(decisions, torch.Tensor) or decisions.dtype != torch.bool or decisions.shape != shape:
-            raise ValueError(f"decisions must be a bool tensor of shape {shape}, got {_describe(decisions)}")
-        if decisions.device != x.device:
-            raise ValueError(f"decisions is on {decisions.device} but x is on {x.device}")
-    return geom
+    packed = weight.permute(2, 3, 1, 0)
+    return packed if packed.is_contiguous() else packed.contiguous()
 
 
 class BaseIntervals(NamedTuple):
@@ -275,10 +133,11 @@ def interpreting() -> bool:
 
 
 def require_kernel_support(x: torch.Tensor) -> None:
-    """Raise unless the Triton kernels can run on ``x``.
+    """Raise ``NotImplementedError`` unless the Triton kernels can run on ``x``.
 
-    ``NotImplementedError`` for a dtype other than float16/bfloat16/float32;
-    ``RuntimeError`` for a non-CUDA tensor outside the Triton interpreter.
+    Refused: a dtype other than float16/bfloat16/float32, and a non-CUDA tensor
+    outside the Triton interpreter (the registered ops send those to the
+    references; only a direct call of a Triton launch function gets here).
     """
     if x.dtype not in KERNEL_DTYPES:
         raise NotImplementedError(
@@ -286,9 +145,14 @@ def require_kernel_support(x: torch.Tensor) -> None:
             "use kernels.reference"
         )
     if x.device.type != "cuda" and not interpreting():
-        raise RuntimeError(
+        raise NotImplementedError(
             f"Triton kernels need a CUDA tensor (got one on {x.device}); use kernels.reference on CPU"
         )
+
+
+def device_guard(x: torch.Tensor) -> ContextManager[object]:
+    """Context in which to launch a kernel on ``x``: its CUDA device made current, or nothing for other devices."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
 def dot_options(dtype: torch.dtype) -> dict[str, object]:
@@ -310,6 +174,18 @@ def next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def gemm_tile_mk(pixels: int, k_channels: int) -> tuple[int, int]:
+    """``(block_m, block_k)`` of both conv kernels: the one M/K tiling rule.
+
+    ``block_m`` 128 from 8192 output pixels on (64 below); ``block_k`` the next
+    power of two of ``k_channels`` (the input channels one K loop walks) in
+    [16, 32] (``tl.dot`` needs 16).
+    """
+    block_m = 128 if pixels >= 8192 else 64
+    block_k = min(32, max(16, next_power_of_2(k_channels)))
+    return block_m, block_k
+
+
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` in channels_last memory format (no copy if it already is)."""
     return x.contiguous(memory_format=torch.channels_last)
@@ -323,6 +199,12 @@ def contiguous_vector(v: torch.Tensor | None) -> torch.Tensor | None:
 def new_output(geom: ConvGeometry, x: torch.Tensor) -> torch.Tensor:
     """Uninitialised ``[N, C_out, OH, OW]`` output in x's dtype, channels_last."""
     return torch.empty(geom.out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
+def new_decisions(geom: ConvGeometry, gate_group: int, x: torch.Tensor) -> torch.Tensor:
+    """Uninitialised bool ``[N, G, OH, OW]`` decisions on x's device, channels_last."""
+    shape = geom.gate_shape(gate_group)
+    return torch.empty(shape, dtype=torch.bool, device=x.device, memory_format=torch.channels_last)
 
 
 def optional_pointer(t: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:

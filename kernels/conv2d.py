@@ -21,15 +21,18 @@ from ._common import (
     PackedWeight,
     channels_last,
     contiguous_vector,
+    device_guard,
     dot_options,
+    gemm_tile_mk,
     new_output,
     next_power_of_2,
     optional_pointer,
     packed_data,
     require_kernel_support,
     tensor_strides,
-    validate_conv,
+    weight_4d,
 )
+from ._validation import ConvGeometry, validate_conv
 
 # ``accumulate_taps`` weight masks: every channel, only the base channels of
 # each output channel, or only its conditional channels.
@@ -177,13 +180,12 @@ class ConvTiling:
 def conv_tiling(pixels: int, in_channels: int, out_channels: int) -> ConvTiling:
     """Tiles for an ``M=pixels``, ``N=out_channels`` implicit GEMM over ``in_channels`` per tap.
 
-    ``BLOCK_M`` 128 from 8192 pixels on (64 below); ``BLOCK_N`` the next power
-    of two of C_out in [16, 128]; ``BLOCK_K`` the same of C_in in [16, 32]
-    (``tl.dot`` needs 16). Eight warps for 128x128 tiles, four otherwise.
+    ``BLOCK_M``/``BLOCK_K`` from :func:`gemm_tile_mk` over C_in; ``BLOCK_N``
+    the next power of two of C_out in [16, 128]. Eight warps for 128x128
+    tiles, four otherwise.
     """
-    block_m = 128 if pixels >= 8192 else 64
+    block_m, block_k = gemm_tile_mk(pixels, in_channels)
     block_n = min(128, max(16, next_power_of_2(out_channels)))
-    block_k = min(32, max(16, next_power_of_2(in_channels)))
     return ConvTiling(block_m, block_n, block_k, 8 if block_m * block_n >= 128 * 128 else 4, 3)
 
 
@@ -200,7 +202,12 @@ def conv2d(
     relu: bool = False,
     groups: int = 1,
 ) -> torch.Tensor:
-    """Dense 2-D convolution (groups=1) with a fused ``relu(acc*scale + shift + residual)`` epilogue.
+    """Triton launch of the dense 2-D conv (groups=1) with a fused ``relu(acc*scale + shift + residual)`` epilogue.
+
+    This is the CUDA implementation of the registered op ``gating::conv2d``
+    (``kernels.library``); call :func:`kernels.conv2d` to let the dispatcher
+    choose. Called directly, it runs on CUDA tensors, or on CPU tensors under
+    ``TRITON_INTERPRET=1``; it launches under ``x``'s CUDA device.
 
     Args:
         x: ``[N, C_in, H, W]`` float16, bfloat16 or float32, on CUDA (or CPU
@@ -218,13 +225,16 @@ def conv2d(
         groups: must be 1; anything else raises ``NotImplementedError``.
 
     Returns:
-        ``[N, C_out, OH, OW]`` in x's dtype, channels_last memory format;
-        float32 accumulation. An empty batch returns an empty tensor without
-        a launch. Inference only (no autograd); transposed and grouped
+        A fresh ``[N, C_out, OH, OW]`` in x's dtype, channels_last memory
+        format; float32 accumulation. An empty batch returns an empty tensor
+        without a launch. Inference only (no autograd); transposed and grouped
         convolutions are not supported.
 
+    Raises: as :func:`kernels._validation.validate_conv`, plus
+    ``NotImplementedError`` from :func:`require_kernel_support`.
     Tiling: see :func:`conv_tiling` and ``_conv2d_kernel``.
     """
+    weight = weight_4d(weight)
     geom = validate_conv(
         x, weight, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual,
         groups=groups,
@@ -238,6 +248,16 @@ def conv2d(
     scale, shift = contiguous_vector(scale), contiguous_vector(shift)
     tiling = conv_tiling(geom.pixels, geom.in_channels, geom.out_channels)
     grid = (triton.cdiv(geom.pixels, tiling.block_m) * triton.cdiv(geom.out_channels, tiling.block_n),)
+    with device_guard(x):
+        _launch_conv2d(grid, tiling, geom, x, w, y, scale, shift, residual, relu)
+    return y
+
+
+def _launch_conv2d(
+    grid: tuple[int], tiling: ConvTiling, geom: ConvGeometry, x: torch.Tensor, w: torch.Tensor, y: torch.Tensor,
+    scale: torch.Tensor | None, shift: torch.Tensor | None, residual: torch.Tensor | None, relu: bool,
+) -> None:  # fmt: skip
+    """One ``_conv2d_kernel`` launch on checked, laid-out arguments (``w`` packed ``[kh, kw, C_in, C_out]``)."""
     _conv2d_kernel[grid](
         x, w, y, optional_pointer(scale, y), optional_pointer(shift, y), optional_pointer(residual, y),
         geom.pixels, geom.height, geom.width, geom.in_channels, geom.out_channels, geom.out_height, geom.out_width,
@@ -248,4 +268,3 @@ def conv2d(
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RESIDUAL=residual is not None, RELU=relu,
         num_warps=tiling.num_warps, num_stages=tiling.num_stages, **dot_options(x.dtype),
     )  # fmt: skip
-    return y

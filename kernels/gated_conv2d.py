@@ -1,15 +1,20 @@
-"""Partial-sum channel-gated convolution in Triton (DESIGN §2.1, §4).
+"""Partial-sum channel-gated convolution in Triton (``docs/design.md#partial-sum-gate``, ``docs/design.md#kernels``).
 
 One launch computes, per (pixel tile, channel block) program: the base
 partial sum, the gate decisions in the epilogue, and the conditional partial
 sum only if some decision of the tile is on. The grid is sized by the upper
 bound and programs skip on the on-device decisions, so there is no host
 synchronisation and the call is CUDA-graph capturable (after one warm-up call
-per configuration, which compiles the kernel and caches the base intervals).
+per configuration, which compiles the kernel and caches the base intervals
+and the counters template). :func:`gated_conv2d` here is the CUDA
+implementation of the registered op ``gating::gated_conv2d``
+(``docs/design.md#registered-ops``); :func:`kernels.gated_conv2d` is the
+public entry point.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -18,19 +23,24 @@ import triton.language as tl
 
 from . import partition
 from ._common import (
+    BaseIntervals,
     PackedWeight,
     base_intervals,
     channels_last,
     contiguous_vector,
+    device_guard,
     dot_options,
+    gemm_tile_mk,
+    new_decisions,
     new_output,
     next_power_of_2,
     optional_pointer,
     packed_data,
     require_kernel_support,
     tensor_strides,
-    validate_gated,
+    weight_4d,
 )
+from ._validation import ConvGeometry, validate_gated
 from .conv2d import (
     PATH_BASE,
     PATH_CONDITIONAL,
@@ -214,8 +224,9 @@ def gated_tiling(
       128 columns; the base sum is computed twice (decision pass and output
       pass) to keep the tile in registers.
 
-    ``block_m`` is 128 from 8192 pixels on (64 below); ``block_k`` the next
-    power of two of ``partition.base_channels(C_in, base_fraction)`` in [16, 32].
+    ``block_m`` and ``block_k`` from :func:`gemm_tile_mk` over
+    ``partition.base_channels(C_in, base_fraction)`` (the channels of one base
+    K loop).
     """
     slot = next_power_of_2(min(gate_group, out_channels))
     if slot <= 16:
@@ -225,47 +236,18 @@ def gated_tiling(
     else:
         slot = block_n = MAX_BLOCK_N
         groups_per_block, sub_blocks = 1, triton.cdiv(min(gate_group, out_channels), MAX_BLOCK_N)
-    block_m = 128 if pixels >= 8192 else 64
-    block_k = min(32, max(16, next_power_of_2(partition.base_channels(in_channels, base_fraction))))
+    block_m, block_k = gemm_tile_mk(pixels, partition.base_channels(in_channels, base_fraction))
     return GatedTiling(block_m, block_n, block_k, slot, groups_per_block, sub_blocks, 4, 3)
 
 
-@dataclass(frozen=True)
-class GatedConvStats:
-    """Work executed by one :func:`gated_conv2d` call, counted on device by its programs.
+@functools.lru_cache(maxsize=256)
+def _counters_template(tiling: tuple[int, int, int, int, int], device: torch.device) -> torch.Tensor:
+    """int64 ``[9]``: zero work counters, then ``tiling`` (see :mod:`kernels.work`), cached per device.
 
-    The four counters are 0-d int64 tensors on x's device filled with atomics;
-    reading them (``int(...)``, :meth:`to_dict`) synchronises, the call does not.
-
-    * ``tiles_total``: programs launched, ``cdiv(N*OH*OW, block_m) *
-      cdiv(G, groups_per_block)``;
-    * ``tiles_conditional_executed``: programs that ran their conditional loops
-      (some decision of their pixels x groups on);
-    * ``base_macs`` / ``conditional_macs``: MACs of the K loops run,
-      tile-rounded: ``block_m * block_n * kh * kw * block_k`` per K step, K
-      steps ``cdiv(range, block_k)`` per channel range of
-      :func:`_path_ranges`, per sub-block and per pass.
-
-    ``block_*``, ``groups_per_block`` and ``sub_blocks`` are the tiling used
-    (:class:`GatedTiling`).
+    Each call clones it on device, so after a warm-up call there is no
+    host-to-device copy (CUDA-graph capturable).
     """
-
-    tiles_total: torch.Tensor
-    tiles_conditional_executed: torch.Tensor
-    base_macs: torch.Tensor
-    conditional_macs: torch.Tensor
-    block_m: int
-    block_n: int
-    block_k: int
-    groups_per_block: int
-    sub_blocks: int
-
-    def to_dict(self) -> dict[str, int]:
-        """Counters and tiling as plain ints (synchronises with the device)."""
-        counters = ("tiles_total", "tiles_conditional_executed", "base_macs", "conditional_macs")
-        values = {name: int(getattr(self, name)) for name in counters}
-        tiling = ("block_m", "block_n", "block_k", "groups_per_block", "sub_blocks")
-        return values | {name: getattr(self, name) for name in tiling}
+    return torch.tensor([0, 0, 0, 0, *tiling], dtype=torch.int64).to(device)
 
 
 def gated_conv2d(
@@ -285,82 +267,122 @@ def gated_conv2d(
     residual: torch.Tensor | None = None,
     relu: bool = False,
     groups: int = 1,
-    return_stats: bool = False,
     decisions: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, GatedConvStats]:
-    """Partial-sum channel-gated conv (groups=1) that skips gated-off conditional work on device.
+    count_work: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton launch of the partial-sum channel-gated conv (groups=1) that skips gated-off conditional work on device.
 
     Semantics: exactly :func:`kernels.reference.gated_conv2d_reference`
     (base mask from :func:`partition.base_mask`, ``z = Yp*gate_scale +
     gate_shift``, decision ``group_sum(z) > 0`` per (pixel, gate group),
     ``out = relu((Yp + d*Yr)*scale + shift + residual)``), float32 accumulation.
+    Runs on CUDA tensors (launched under x's device), or on CPU tensors under
+    ``TRITON_INTERPRET=1``.
 
     Args:
-        x: ``[N, C_in, H, W]`` float16/bfloat16/float32 on CUDA (or CPU under
-            ``TRITON_INTERPRET=1``); converted once to channels_last if needed.
-        weight: ``[C_out, C_in, kh, kw]`` in x's dtype, or a :class:`PackedWeight`.
+        x: ``[N, C_in, H, W]`` float16/bfloat16/float32; converted once to
+            channels_last if needed.
+        weight: ``[C_out, C_in, kh, kw]`` in x's dtype, or a :class:`PackedWeight`
+            (or its ``unpack()`` view: no packing copy).
         gate_scale, gate_shift: float ``[C_out]``, the gate folded to an
             affine of the base partial sum.
         base_fraction, base_layout: the base partition (``"first"`` or ``"grouped"``).
         gate_group: output channels per decision (any int >= 1; see
             :func:`gated_tiling` for how finely each size skips).
-        stride, padding, dilation, scale, shift, residual, relu, groups: as :func:`kernels.conv2d`.
-        return_stats: also return a :class:`GatedConvStats` of on-device counters.
+        stride, padding, dilation, scale, shift, residual, relu, groups: as
+            :func:`kernels.conv2d.conv2d`.
         decisions: optional bool ``[N, G, OH, OW]`` used instead of computing
-            them (the gate statistic is then skipped; the same tensor is returned).
+            them (the gate statistic is then skipped).
+        count_work: count the work executed into the counters (atomics).
 
     Returns:
-        ``(out, decisions)`` or ``(out, decisions, stats)``: out ``[N, C_out, OH, OW]``
-        in x's dtype, channels_last; decisions bool ``[N, G, OH, OW]``,
-        ``G = ceil(C_out / gate_group)``, channels_last. Work: the base K loop
-        covers only each channel block's base input channels; the conditional
-        K loops run only in programs with an active decision. No host sync;
-        an empty batch returns empty results without a launch. Inference only.
+        Fresh ``(out, decisions, counters)``: out ``[N, C_out, OH, OW]`` in x's
+        dtype, channels_last; decisions bool ``[N, G, OH, OW]``,
+        ``G = ceil(C_out / gate_group)``, channels_last (a copy of the given
+        ones, if any); counters int64 ``[9]`` laid out as
+        :data:`kernels.work.COUNTER_FIELDS` with ``count_work``, else an
+        empty int64 ``[0]``.
+        Work: the base K loop covers only each channel block's base input
+        channels; the conditional K loops run only in programs with an active
+        decision. No host sync; an empty batch returns empty results without
+        a launch. Inference only.
     """
+    weight = weight_4d(weight)
     geom = validate_gated(
         x, weight, gate_scale, gate_shift,
         base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, decisions=decisions,
         stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual, groups=groups,
     )  # fmt: skip
     require_kernel_support(x)
-    groups = partition.gate_group_count(geom.out_channels, gate_group)
     tiling = gated_tiling(geom.pixels, geom.in_channels, geom.out_channels, gate_group, base_fraction)
     y = new_output(geom, x)
-    if decisions is None:
-        dec_bytes = torch.empty(
-            (geom.batch, groups, geom.out_height, geom.out_width),
-            dtype=torch.uint8, device=x.device, memory_format=torch.channels_last,
-        )  # fmt: skip
-    else:
-        dec_bytes = decisions.view(torch.uint8)
-    counters = torch.zeros(4, dtype=torch.int64, device=x.device) if return_stats else None
-    if geom.pixels > 0:
-        x = channels_last(x)
-        scale, shift = contiguous_vector(scale), contiguous_vector(shift)
-        gate_scale, gate_shift = contiguous_vector(gate_scale), contiguous_vector(gate_shift)
-        base = base_intervals(geom.out_channels, geom.in_channels, base_fraction, base_layout, x.device)
-        grid = (triton.cdiv(geom.pixels, tiling.block_m) * triton.cdiv(groups, tiling.groups_per_block),)
+    out_decisions = new_decisions(geom, gate_group, x)
+    if decisions is not None:
+        out_decisions.copy_(decisions)
+    counters = _counters_template(_tiling_tail(tiling), x.device).clone() if count_work else _no_counters(x)
+    if geom.pixels == 0:
+        return y, out_decisions, counters
+    launch = _GatedLaunch(
+        geom, tiling, gate_group, channels_last(x), packed_data(weight), y, out_decisions.view(torch.uint8),
+        contiguous_vector(gate_scale), contiguous_vector(gate_shift),
+        base_intervals(geom.out_channels, geom.in_channels, base_fraction, base_layout, x.device),
+        contiguous_vector(scale), contiguous_vector(shift), residual, relu, decisions is not None,
+        counters if count_work else None,
+    )  # fmt: skip
+    with device_guard(x):
+        launch.run()
+    return y, out_decisions, counters
+
+
+def _no_counters(x: torch.Tensor) -> torch.Tensor:
+    """The empty int64 ``[0]`` counters of a call that counts nothing (no kernel launched for them)."""
+    return torch.empty(0, dtype=torch.int64, device=x.device)
+
+
+def _tiling_tail(tiling: GatedTiling) -> tuple[int, int, int, int, int]:
+    """The tiling fields of the counters: ``(block_m, block_n, block_k, groups_per_block, sub_blocks)``."""
+    return (tiling.block_m, tiling.block_n, tiling.block_k, tiling.groups_per_block, tiling.sub_blocks)
+
+
+@dataclass(frozen=True)
+class _GatedLaunch:
+    """Checked, laid-out arguments of one ``_gated_conv2d_kernel`` launch (``w`` packed ``[kh, kw, C_in, C_out]``)."""
+
+    geom: ConvGeometry
+    tiling: GatedTiling
+    gate_group: int
+    x: torch.Tensor
+    w: torch.Tensor
+    y: torch.Tensor
+    dec_bytes: torch.Tensor  # uint8 view of the output decisions, read when given, written otherwise
+    gate_scale: torch.Tensor
+    gate_shift: torch.Tensor
+    base: BaseIntervals
+    scale: torch.Tensor | None
+    shift: torch.Tensor | None
+    residual: torch.Tensor | None
+    relu: bool
+    decisions_given: bool
+    counters: torch.Tensor | None  # counted into when not None
+
+    def run(self) -> None:
+        geom, tiling, y, residual = self.geom, self.tiling, self.y, self.residual
+        num_gate_groups = partition.gate_group_count(geom.out_channels, self.gate_group)
+        grid = (triton.cdiv(geom.pixels, tiling.block_m) * triton.cdiv(num_gate_groups, tiling.groups_per_block),)
         _gated_conv2d_kernel[grid](
-            x, packed_data(weight), y, dec_bytes, gate_scale, gate_shift, base.lo, base.hi,
-            optional_pointer(scale, y), optional_pointer(shift, y), optional_pointer(residual, y),
-            optional_pointer(counters, y),
+            self.x, self.w, y, self.dec_bytes, self.gate_scale, self.gate_shift, self.base.lo, self.base.hi,
+            optional_pointer(self.scale, y), optional_pointer(self.shift, y), optional_pointer(residual, y),
+            optional_pointer(self.counters, y),
             geom.pixels, geom.height, geom.width, geom.in_channels, geom.out_channels,
-            geom.out_height, geom.out_width, groups, gate_group,
-            *x.stride(), *y.stride(), *dec_bytes.stride(), *tensor_strides(residual),
+            geom.out_height, geom.out_width, num_gate_groups, self.gate_group,
+            *self.x.stride(), *y.stride(), *self.dec_bytes.stride(), *tensor_strides(residual),
             *geom.stride, *geom.padding, *geom.dilation,
             KH=geom.kernel[0], KW=geom.kernel[1],
             BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
             GROUP_SLOT=tiling.group_slot, GROUPS_PER_BLOCK=tiling.groups_per_block, SUB_BLOCKS=tiling.sub_blocks,
-            RANGE_ALIGN=base.alignment,
-            HAS_DECISIONS=decisions is not None, COUNT_STATS=return_stats,
-            HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RESIDUAL=residual is not None, RELU=relu,
-            num_warps=tiling.num_warps, num_stages=tiling.num_stages, **dot_options(x.dtype),
+            RANGE_ALIGN=self.base.alignment,
+            HAS_DECISIONS=self.decisions_given, COUNT_STATS=self.counters is not None,
+            HAS_SCALE=self.scale is not None, HAS_SHIFT=self.shift is not None,
+            HAS_RESIDUAL=residual is not None, RELU=self.relu,
+            num_warps=tiling.num_warps, num_stages=tiling.num_stages, **dot_options(self.x.dtype),
         )  # fmt: skip
-    out_decisions = dec_bytes.view(torch.bool) if decisions is None else decisions
-    if not return_stats:
-        return y, out_decisions
-    stats = GatedConvStats(
-        *counters.unbind(0),
-        tiling.block_m, tiling.block_n, tiling.block_k, tiling.groups_per_block, tiling.sub_blocks,
-    )  # fmt: skip
-    return y, out_decisions, stats

@@ -2,7 +2,10 @@
 
 Everything that must agree on *which* input channels form the base path of an
 output channel, and *which* output channels share one gate decision, reads it
-from here (DESIGN §2.1, §2.3). Pure PyTorch; no Triton.
+from here (see ``docs/design.md#partial-sum-gate`` and
+``docs/design.md#decisions-layout``). Pure PyTorch; no Triton. The checks and
+sizes (:func:`check_partition`, :func:`base_sizes`) build no tensors, so the
+registered ops' fake implementations can use them.
 
 Base layouts (``base_fraction = 1/p``):
 
@@ -27,6 +30,8 @@ BASE_LAYOUTS = ("first", "grouped")
 
 
 def _check_fraction(base_fraction: float) -> None:
+    if isinstance(base_fraction, bool) or not isinstance(base_fraction, (int, float)):
+        raise TypeError(f"base_fraction must be a float, got {type(base_fraction).__name__}")
     if not (0.0 < float(base_fraction) <= 1.0):
         raise ValueError(f"base_fraction must be in (0, 1], got {base_fraction!r}")
 
@@ -60,6 +65,42 @@ def chunk_bounds(channels: int, chunks: int) -> list[int]:
     return [i * channels // chunks for i in range(chunks + 1)]
 
 
+def check_partition(out_channels: int, in_channels: int, base_fraction: float, layout: str) -> None:
+    """Raise unless ``(base_fraction, layout)`` partitions ``in_channels`` inputs of ``out_channels`` outputs.
+
+    ``TypeError`` for a non-string layout or a non-numeric base_fraction;
+    ``ValueError`` for an unknown layout, a base_fraction outside (0, 1], or a
+    ``"grouped"`` layout whose ``p = 1/base_fraction`` is not an integer no
+    larger than ``in_channels`` and ``out_channels``. Builds no tensors.
+    """
+    if not isinstance(layout, str):
+        raise TypeError(f"base_layout must be a str, got {type(layout).__name__}")
+    if layout not in BASE_LAYOUTS:
+        raise ValueError(f"base_layout must be one of {BASE_LAYOUTS}, got {layout!r}")
+    if layout == "first":
+        _check_fraction(base_fraction)
+        return
+    p = chunk_count(base_fraction)
+    if p > in_channels or p > out_channels:
+        raise ValueError(
+            f"base_layout='grouped' with p={p} chunks needs at least {p} input and output "
+            f"channels, got in_channels={in_channels}, out_channels={out_channels}"
+        )
+
+
+def base_sizes(out_channels: int, in_channels: int, base_fraction: float, layout: str) -> list[int]:
+    """``|B_c|``: the number of base input channels of each output channel (``base_mask(...).sum(1)``).
+
+    Pure Python (no tensors); validates like :func:`check_partition`.
+    """
+    check_partition(out_channels, in_channels, base_fraction, layout)
+    if layout == "first":
+        return [base_channels(in_channels, base_fraction)] * out_channels
+    p = chunk_count(base_fraction)
+    ob, ib = chunk_bounds(out_channels, p), chunk_bounds(in_channels, p)
+    return [ib[i + 1] - ib[i] for i in range(p) for _ in range(ob[i], ob[i + 1])]
+
+
 def base_mask(
     out_channels: int,
     in_channels: int,
@@ -72,18 +113,12 @@ def base_mask(
     ``B[o, i]`` is True when input channel ``i`` is in the base partial sum of
     output channel ``o``. See the module docstring for the layouts.
     """
-    if layout not in BASE_LAYOUTS:
-        raise ValueError(f"base_layout must be one of {BASE_LAYOUTS}, got {layout!r}")
+    check_partition(out_channels, in_channels, base_fraction, layout)
     mask = torch.zeros(out_channels, in_channels, dtype=torch.bool, device=device)
     if layout == "first":
         mask[:, : base_channels(in_channels, base_fraction)] = True
         return mask
     p = chunk_count(base_fraction)
-    if p > in_channels or p > out_channels:
-        raise ValueError(
-            f"base_layout='grouped' with p={p} chunks needs at least {p} input and output "
-            f"channels, got in_channels={in_channels}, out_channels={out_channels}"
-        )
     ob, ib = chunk_bounds(out_channels, p), chunk_bounds(in_channels, p)
     for i in range(p):
         mask[ob[i] : ob[i + 1], ib[i] : ib[i + 1]] = True
@@ -91,7 +126,13 @@ def base_mask(
 
 
 def gate_group_count(out_channels: int, gate_group: int) -> int:
-    """Number of gate decisions per pixel: ``ceil(out_channels / gate_group)``."""
+    """Number of gate decisions per pixel: ``ceil(out_channels / gate_group)``.
+
+    ``TypeError`` for a gate_group that is not an int (bool included),
+    ``ValueError`` for one below 1.
+    """
+    if isinstance(gate_group, bool) or not isinstance(gate_group, int):
+        raise TypeError(f"gate_group must be an int, got {type(gate_group).__name__}")
     if gate_group < 1:
         raise ValueError(f"gate_group must be >= 1, got {gate_group!r}")
     return math.ceil(out_channels / gate_group)

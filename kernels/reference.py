@@ -1,8 +1,9 @@
 """PyTorch references of the Triton kernels: the spec they are tested against.
 
-Same signatures and return conventions as :func:`kernels.conv2d` and
-:func:`kernels.gated_conv2d`, on any device and dtype (float64 on CPU
-included), through ``torch.nn.functional.conv2d``. The convolutions run in x's
+Same signatures as :func:`kernels.conv2d` and :func:`kernels.gated_conv2d`, on
+any device and dtype (float64 on CPU included), through
+``torch.nn.functional.conv2d``; they are the default (CPU) implementations of
+the registered ops (``docs/design.md#registered-ops``). The convolutions run in x's
 dtype; everything after them (gate statistic, blend, scale/shift, residual,
 ReLU) runs in ``promote_types(x.dtype, float32)`` and the result is cast back to
 x's dtype once, as the kernels do. Outputs are channels_last like the kernels'.
@@ -14,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from . import partition
-from ._common import ConvGeometry, PackedWeight, validate_conv, validate_gated, weight_4d
+from ._common import PackedWeight, weight_4d
+from ._validation import ConvGeometry, validate_conv, validate_gated
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
@@ -33,7 +35,11 @@ def _epilogue(
     residual: torch.Tensor | None,
     relu: bool,
 ) -> torch.Tensor:
-    """``relu(y*scale + shift + residual)`` in y's dtype, then cast to ``out_dtype``, channels_last."""
+    """``relu(y*scale + shift + residual)`` in y's dtype, then cast to ``out_dtype`` into a fresh channels_last tensor.
+
+    The result has exactly the strides of ``torch.empty(..., memory_format=torch.channels_last)``,
+    like the kernels' outputs and the ops' fake outputs.
+    """
     if scale is not None:
         y = y * _per_channel(scale, y.dtype)
     if shift is not None:
@@ -42,7 +48,8 @@ def _epilogue(
         y = y + residual.to(y.dtype)
     if relu:
         y = torch.relu(y)
-    return y.to(out_dtype).contiguous(memory_format=torch.channels_last)
+    out = torch.empty(y.shape, dtype=out_dtype, device=y.device, memory_format=torch.channels_last)
+    return out.copy_(y)
 
 
 def conv2d_reference(
@@ -62,14 +69,16 @@ def conv2d_reference(
 
     x ``[N, C_in, H, W]``, weight ``[C_out, C_in, kh, kw]`` (or a PackedWeight),
     same dtype; scale/shift ``[C_out]``; residual ``[N, C_out, OH, OW]``.
-    Returns ``[N, C_out, OH, OW]`` in x's dtype, channels_last.
+    Returns ``[N, C_out, OH, OW]`` in x's dtype, channels_last. Raises like
+    :func:`kernels.conv2d` (``docs/design.md#exception-policy``).
     """
+    weight = weight_4d(weight)
     geom = validate_conv(
         x, weight, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual,
         groups=groups,
     )
     acc = torch.promote_types(x.dtype, torch.float32)
-    y = _conv(x, weight_4d(weight), geom).to(acc)
+    y = _conv(x, weight, geom).to(acc)
     return _epilogue(y, x.dtype, scale, shift, residual, relu)
 
 
@@ -93,7 +102,7 @@ def gated_conv2d_reference(
     return_stats: bool = False,
     decisions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, None]:
-    """Reference of :func:`kernels.gated_conv2d`, literally the partial-sum gate of DESIGN §2.1.
+    """Reference of :func:`kernels.gated_conv2d`, literally the partial-sum gate of ``docs/design.md#partial-sum-gate``.
 
     * ``B = partition.base_mask(C_out, C_in, base_fraction, base_layout)``
     * ``Yp = conv(x, W*B)``, ``Yr = conv(x, W*(1-B))``
@@ -104,15 +113,18 @@ def gated_conv2d_reference(
     * ``out = relu((Yp + expand_groups(decisions)*Yr)*scale + shift + residual)``
 
     Returns ``(out, decisions)``, or ``(out, decisions, None)`` with
-    ``return_stats``: the reference runs no tiles, so it has no kernel stats.
-    ``out`` is ``[N, C_out, OH, OW]`` in x's dtype, channels_last.
+    ``return_stats``: the reference runs no tiles, so it has no kernel stats
+    (the registered op's CPU implementation counts the exact work instead, see
+    :mod:`kernels.work`). ``out`` is ``[N, C_out, OH, OW]`` in x's dtype,
+    channels_last; a given ``decisions`` is returned as is.
     """
+    weight = weight_4d(weight)
     geom = validate_gated(
         x, weight, gate_scale, gate_shift,
         base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, decisions=decisions,
         stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual, groups=groups,
     )  # fmt: skip
-    w = weight_4d(weight)
+    w = weight
     base = partition.base_mask(geom.out_channels, geom.in_channels, base_fraction, base_layout, x.device)
     base = base.to(w.dtype)[:, :, None, None]
     acc = torch.promote_types(x.dtype, torch.float32)

@@ -1,10 +1,13 @@
-"""Gated Triton conv (``kernels.gated_conv2d``) against its float64 reference, and proof of skipping.
+"""Gated Triton conv (launch function ``kernels.gated_conv2d_triton``) against its float64 reference; skipping.
 
-Outputs use the tolerance of ``test_kernels_conv2d`` (PyTorch's own error at the
-kernel's dtype). Decisions are compared with the float64 reference only where
-the group sum of the gate statistic is clear of the kernel's rounding error
-(see :func:`clear_of_rounding`); the output is then compared with the reference
-run on the kernel's own decisions, so a near-threshold flip cannot fail it.
+The Triton kernel runs on CUDA when there is one, else on CPU through the
+Triton interpreter; the registered op and its wrapper ``kernels.gated_conv2d``
+are checked in ``test_library.py``. Outputs use the tolerance of
+``tests/_helpers.py`` (PyTorch's own error at the kernel's dtype). Decisions
+are compared with the float64 reference only where the group sum of the gate
+statistic is clear of the kernel's rounding error (see
+:func:`clear_of_rounding`); the output is then compared with the reference run
+on the kernel's own decisions, so a near-threshold flip cannot fail it.
 The work counters must equal what the returned decisions imply under the
 tiling documented in ``kernels.gated_conv2d`` (:func:`expected_stats`).
 """
@@ -22,9 +25,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import kernels
-from kernels._common import base_intervals
-from kernels.gated_conv2d import GatedConvStats, gated_tiling
-from test_kernels_conv2d import (
+from _helpers import (
     COMMON_BAD_ARGS,
     DEVICE,
     DTYPES,
@@ -35,12 +36,14 @@ from test_kernels_conv2d import (
     compile_for_hopper,
     conv_args,
     draw_geometry,
-    out_size,
     poisoned_empty,
     rand,
     set_arg,
     to_device,
 )
+from kernels import GatedConvStats, conv_output_size
+from kernels._common import base_intervals
+from kernels.gated_conv2d import gated_tiling
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -132,9 +135,13 @@ def run_gated(
     args = (x, weight, gate_scale, gate_shift)
     kernel_args = {k: to_device(v) for k, v in conv.items()} | {"decisions": to_device(decisions)}
     with poisoned_empty():
-        out, got, stats = kernels.gated_conv2d(*map(to_device, args), **gate, **kernel_args, return_stats=True)
-    if decisions is not None:
-        assert got is kernel_args["decisions"]
+        out, got, counters = kernels.gated_conv2d_triton(
+            *map(to_device, args), **gate, **kernel_args, count_work=True
+        )
+    stats = GatedConvStats(counters)
+    if decisions is not None:  # the launch function returns a fresh copy of given decisions
+        assert got is not kernel_args["decisions"] and torch.equal(got.cpu(), decisions)
+    assert got.is_contiguous(memory_format=torch.channels_last)
     out, got = out.cpu(), got.cpu()
     assert got.dtype == torch.bool and int(got.view(torch.uint8).max()) <= 1, "decisions not all written"
     if decisions is None:
@@ -164,7 +171,8 @@ def make_case(
     gate_shift = (rand((c_out, 2), torch.float32, gen) * 0.3 + shift)[:, 0]  # strided on purpose
     if epilogue:
         out_hw = [
-            out_size(s, kernel, conv.get("stride", 1), conv.get("padding", 0), conv.get("dilation", 1)) for s in size
+            conv_output_size(s, kernel, conv.get("stride", 1), conv.get("padding", 0), conv.get("dilation", 1))
+            for s in size
         ]
         conv |= {
             "scale": rand((c_out,), torch.float32, gen).abs() + 0.5,
@@ -327,6 +335,10 @@ def test_empty_batch_returns_empty_results_and_zero_counters() -> None:
     x = torch.zeros(0, 8, 5, 5, dtype=torch.float16, device=DEVICE)
     weight = torch.zeros(20, 8, 3, 3, dtype=torch.float16, device=DEVICE)
     gate_scale, gate_shift = torch.ones(20, device=DEVICE), torch.zeros(20, device=DEVICE)
+    out, decisions, counters = kernels.gated_conv2d_triton(x, weight, gate_scale, gate_shift, gate_group=8)
+    assert out.shape == (0, 20, 3, 3) and decisions.shape == (0, 3, 3, 3) and counters.shape == (0,)
+    counted = GatedConvStats(kernels.gated_conv2d_triton(x, weight, gate_scale, gate_shift, count_work=True)[2])
+    assert counted.to_dict()["tiles_total"] == 0 and counted.block_m == 64
     out, decisions, stats = kernels.gated_conv2d(x, weight, gate_scale, gate_shift, gate_group=8, return_stats=True)
     assert out.shape == (0, 20, 3, 3) and decisions.shape == (0, 3, 3, 3) and decisions.dtype == torch.bool
     assert stats.to_dict()["tiles_total"] == 0 and stats.to_dict()["base_macs"] == 0
@@ -338,18 +350,29 @@ def gated_args() -> dict[str, object]:
 
 
 GATED_BAD_ARGS = COMMON_BAD_ARGS | {
-    "gate_scale-shape": (set_arg("gate_scale", lambda: torch.ones(9)), "gate_scale must be"),
-    "gate_scale-device": (set_arg("gate_scale", lambda: torch.ones(8, device=META)), "gate_scale is on meta"),
-    "gate_shift-shape": (set_arg("gate_shift", lambda: torch.ones(1, 8)), "gate_shift must be"),
-    "gate_shift-device": (set_arg("gate_shift", lambda: torch.ones(8, device=META)), "gate_shift is on meta"),
-    "base_layout": (set_arg("base_layout", "diagonal"), "base_layout must be one of"),
-    "gate_group": (set_arg("gate_group", 0), "gate_group must be"),
-    "base_fraction": (set_arg("base_fraction", 0.0), "base_fraction"),
-    "grouped-fraction": (lambda a: a.update(base_layout="grouped", base_fraction=0.3), "base_fraction"),
-    "decisions-shape": (set_arg("decisions", lambda: torch.zeros(2, 2, 4, 4, dtype=torch.bool)), "decisions must be"),
-    "decisions-dtype": (set_arg("decisions", lambda: torch.zeros(2, 1, 4, 4)), "decisions must be"),
+    "gate_scale-list": (set_arg("gate_scale", [1.0] * 8), TypeError, "gate_scale must be a torch.Tensor"),
+    "gate_scale-shape": (set_arg("gate_scale", lambda: torch.ones(9)), ValueError, "gate_scale must be"),
+    "gate_scale-device": (
+        set_arg("gate_scale", lambda: torch.ones(8, device=META)), ValueError, "gate_scale is on meta"
+    ),
+    "gate_shift-shape": (set_arg("gate_shift", lambda: torch.ones(1, 8)), ValueError, "gate_shift must be"),
+    "gate_shift-device": (
+        set_arg("gate_shift", lambda: torch.ones(8, device=META)), ValueError, "gate_shift is on meta"
+    ),
+    "base_layout": (set_arg("base_layout", "diagonal"), ValueError, "base_layout must be one of"),
+    "base_layout-type": (set_arg("base_layout", 1), TypeError, "base_layout must be a str"),
+    "gate_group": (set_arg("gate_group", 0), ValueError, "gate_group must be"),
+    "gate_group-bool": (set_arg("gate_group", True), TypeError, "gate_group must be an int"),
+    "base_fraction": (set_arg("base_fraction", 0.0), ValueError, "base_fraction"),
+    "base_fraction-type": (set_arg("base_fraction", "1/4"), TypeError, "base_fraction"),
+    "grouped-fraction": (lambda a: a.update(base_layout="grouped", base_fraction=0.3), ValueError, "base_fraction"),
+    "decisions-shape": (
+        set_arg("decisions", lambda: torch.zeros(2, 2, 4, 4, dtype=torch.bool)), ValueError, "decisions must be"
+    ),
+    "decisions-dtype": (set_arg("decisions", lambda: torch.zeros(2, 1, 4, 4)), TypeError, "decisions must be"),
     "decisions-device": (
         set_arg("decisions", lambda: torch.zeros(2, 1, 4, 4, dtype=torch.bool, device=META)),
+        ValueError,
         "decisions is on meta",
     ),
 }
@@ -360,25 +383,31 @@ def call_gated(fn: Callable[..., object], args: dict[str, object]) -> object:
     return fn(args.pop("x"), args.pop("weight"), args.pop("gate_scale"), args.pop("gate_shift"), **args)
 
 
-@pytest.mark.parametrize("fn", [kernels.gated_conv2d, kernels.gated_conv2d_reference], ids=["kernel", "reference"])
+ENTRY_POINTS = {
+    "kernel": kernels.gated_conv2d_triton, "op": kernels.gated_conv2d, "reference": kernels.gated_conv2d_reference
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fn", list(ENTRY_POINTS))
 @pytest.mark.parametrize("case", GATED_BAD_ARGS, ids=str)
-def test_bad_arguments_raise_value_error_naming_them(fn: Callable[..., object], case: str) -> None:
-    mutate, message = GATED_BAD_ARGS[case]
+def test_bad_arguments_raise_the_policy_error_naming_them(fn: str, case: str) -> None:
+    mutate, error, message = GATED_BAD_ARGS[case]
     args = gated_args() | {"gate_group": 8}
     mutate(args)
-    with pytest.raises(ValueError, match=message):
-        call_gated(fn, args)
+    with pytest.raises(error, match=message):
+        call_gated(ENTRY_POINTS[fn], args)
 
 
 def test_kernel_rejects_float64_and_cpu_without_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     args = {k: v.double() for k, v in gated_args().items()}
     with pytest.raises(NotImplementedError, match="float64"):
-        call_gated(kernels.gated_conv2d, args)
+        call_gated(kernels.gated_conv2d_triton, args)
     out, decisions, stats = call_gated(kernels.gated_conv2d_reference, args | {"return_stats": True})
     assert out.dtype == torch.float64 and decisions.shape == (2, 1, 4, 4) and stats is None
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(RuntimeError, match="CUDA tensor"):
-        call_gated(kernels.gated_conv2d, gated_args())
+    # A CPU tensor is a configuration the Triton kernel does not support: NotImplementedError by the policy.
+    with pytest.raises(NotImplementedError, match="CUDA tensor"):
+        call_gated(kernels.gated_conv2d_triton, gated_args())
 
 
 def test_gated_kernel_compiles_for_hopper_with_tensor_cores(tmp_path: Path) -> None:
