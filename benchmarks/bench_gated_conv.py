@@ -12,8 +12,8 @@ the density falls; at density 1.0 the executed MACs are the dense MACs plus the
 gate's; the ideal speedup ``macs_dense / macs_executed`` at density 0.1 is
 above 2. Also here: the shapes add up to the network's convolution FLOPs, the
 masks have the density and coherence they claim, the beacon inputs make the
-reference gate decide exactly the mask, and the summary arithmetic of
-:mod:`benchmarks.run_gpu` is right.
+reference gate decide exactly the mask. The sweep, summary, rate and command
+logic is tested in :mod:`benchmarks.bench_report`.
 
 **Timing** (skipped without CUDA, because timing is GPU-only by design): for a
 few dominant ResNet-50 shapes at batch 64, cuDNN dense (``F.conv2d``,
@@ -22,7 +22,8 @@ channels_last bfloat16), Triton dense (``kernels.conv2d``) and Triton gated
 checked against the float64 reference on fresh inputs; then
 ``triton.testing.do_bench`` (CUDA events, L2 flushed, median and 20/80 %
 quantiles) is stored in ``benchmark.extra_info`` (``do_bench_median_ms``
-etc.), which is the device time to quote, and ``benchmark.pedantic`` times one
+etc.), which is the device time to quote, with the achieved rates at each
+quantile (``tflops``/``gbps``, see :mod:`benchmarks.report`), and ``benchmark.pedantic`` times one
 synchronised call on the host clock (launch overhead included) for
 pytest-benchmark's table. Run them with::
 
@@ -34,24 +35,27 @@ The full sweep and the JSON committed under ``benchmarks/results/`` come from
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import run_gpu
+from benchmarks.cases import make_case
+from benchmarks.checks import check_dense, check_gated
+from benchmarks.counting import count_case, count_fields, count_records, dense_fields, network_totals
 from benchmarks.masks import beacon_case, blob_mask, group_decisions
-from benchmarks.shapes import ConvShape, find_shape, gated_module, model_shapes, torchvision_model
+from benchmarks.report import dense_rates, gated_rates
+from benchmarks.shapes import ConvShape, find_shape, gated_module, model_shapes, select_shapes, torchvision_model
+from benchmarks.sweep import Sweep
+from benchmarks.timing import time_ms
 from gating.accounting import dense_count
 from kernels import base_mask, gate_group_count
 from kernels.reference import gated_conv2d_reference
 
-SWEEP = run_gpu.sweep_from_args(run_gpu.parse_args([]))
+SWEEP = Sweep()
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="timing needs CUDA")
 
@@ -61,7 +65,7 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="timing needs CUDA")
 def counts() -> dict[tuple[str, int], dict[float, dict]]:
     """Count records of the whole counting sweep, by (shape, batch) and then density."""
     by_case: dict[tuple[str, int], dict[float, dict]] = defaultdict(dict)
-    for rec in run_gpu.count_records(SWEEP, [s for m in SWEEP.models for s in model_shapes(m)]):
+    for rec in count_records(SWEEP, [s for m in SWEEP.models for s in model_shapes(m)]):
         by_case[rec["shape"], rec["batch"]][rec["target_density"]] = rec
     return by_case
 
@@ -109,7 +113,7 @@ def test_network_totals_weight_shapes_by_layer_count() -> None:
          "bytes_dense": 8, "bytes_executed": 6}
         for layers in (1, 3)
     ]  # fmt: skip
-    (total,) = run_gpu.network_totals(records)
+    (total,) = network_totals(records)
     fields = ("macs_dense", "macs_executed", "bytes_dense", "bytes_executed")
     assert [total[f] for f in fields] == [40, 20, 32, 24]
     assert total["ideal_speedup"] == 2.0
@@ -143,7 +147,7 @@ def test_shape_of_a_strided_bottleneck_conv() -> None:
 
 
 def test_quick_subset_keeps_the_repeated_shapes() -> None:
-    quick = run_gpu.select_shapes(("r50",), quick=True)
+    quick = select_shapes(("r50",), quick=True)
     assert [s.name for s in quick] == [s.name for s in model_shapes("r50") if s.count >= 3]
     assert {s.out_height for s in quick} == {56, 28, 14, 7}
 
@@ -225,86 +229,27 @@ def test_beacon_rejects_a_mask_of_the_wrong_size() -> None:
                     gate_group=16, dtype=torch.float32, seed=0)  # fmt: skip
 
 
-# ------------------------------------------------------------- run_gpu logic
-def _dense(model: str, batch: int, ratio: float) -> dict:
-    return {"model": model, "batch": batch, "triton_dense_vs_cudnn": ratio}
-
-
-def _gated(density: float, batch: int, over_ideal: float, over_dense: float) -> dict:
-    return {
-        "target_density": density,
-        "batch": batch,
-        "speedup_over_ideal": over_ideal,
-        "gated_over_triton_dense": over_dense,
-    }
-
-
-def test_summary_numbers() -> None:
-    dense = [_dense("r50", 64, 0.5), _dense("r50", 64, 2.0), _dense("r50", 8, 9.0), _dense("r18", 64, 9.0)]
-    gated = [
-        _gated(0.1, 64, 0.8, 0.5), _gated(0.1, 8, 0.2, 0.5), _gated(0.5, 64, 0.7, 0.5),
-        _gated(0.5, 1, 9.0, 0.5), _gated(1.0, 64, 9.0, 1.25), _gated(1.0, 1, 9.0, 0.8),
-    ]  # fmt: skip
-    summary = run_gpu.summarize(dense, gated)
-    assert summary["a_triton_dense_vs_cudnn_geomean"]["value"] == pytest.approx(1.0)
-    b = summary["b_speedup_vs_ideal"]
-    assert b["all"]["cases"] == 3 and b["all"]["fraction_at_least_target"] == pytest.approx(2 / 3)
-    assert b["all"]["geomean_speedup_over_ideal"] == pytest.approx((0.8 * 0.2 * 0.7) ** (1 / 3))
-    empty = {"cases": 0, "fraction_at_least_target": None, "geomean_speedup_over_ideal": None}
-    assert b["per_density"]["0.25"] == empty
-    assert b["per_density"]["0.1"]["fraction_at_least_target"] == 0.5
-    c = summary["c_gated_over_dense_at_density_1"]
-    assert c["cases"] == 2 and c["geomean"] == pytest.approx(1.0) and c["max"] == 1.25
-
-
-def test_failures_name_the_failed_checks() -> None:
-    ok = {"rel_l2": 1e-3, "max_abs_over_max_ref": 1e-2, "ok": True}
-    dense = [{"shape": "s", "batch": 8, "check": {"cudnn": ok, "triton_dense": ok | {"ok": False}}},
-             {"shape": "s", "batch": 64, "check": None}]  # fmt: skip
-    gated = [
-        {"shape": "s", "batch": 8, "target_density": 0.1, "decisions_match_mask": True,
-         "check": ok | {"decisions_match_mask": False}},
-        {"shape": "s", "batch": 64, "target_density": 0.1, "decisions_match_mask": False, "check": None},
-        {"shape": "s", "batch": 64, "target_density": 0.5, "decisions_match_mask": True, "check": None},
-    ]  # fmt: skip
-    assert run_gpu.failures(dense, gated) == ["s b8 dense", "s b8 d0.1 gated", "s b64 d0.1 gated"]
-
-
-def test_count_only_run_writes_json(tmp_path: Path) -> None:
-    out = tmp_path / "results" / "counts.json"
-    argv = ["--count-only", "--models", "r18", "--batches", "1", "--densities", "0.5", "1.0", "--out", str(out)]
-    assert run_gpu.main(argv) == 0
-    payload = json.loads(out.read_text())
-    assert payload["parameters"]["models"] == ["r18"] and payload["environment"]["dtype"] == "bfloat16"
-    assert len(payload["counts"]) == 2 * len(payload["shapes"]) == 20
-    assert [t["target_density"] for t in payload["network_totals"]] == [0.5, 1.0]
-    assert [p.name for p in out.parent.iterdir()] == ["counts.json"]
-
-
-@pytest.mark.skipif(CUDA, reason="checks the exit path of a machine without CUDA")
-def test_timing_run_without_cuda_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert run_gpu.main(["--out", str(tmp_path / "x.json")]) == 2
-    assert "timing needs a CUDA GPU" in capsys.readouterr().err
-    assert not (tmp_path / "x.json").exists()
-
-
 # -------------------------------------------------------------------- timing
 TIMED_LAYERS = ("r50.layer1.0.conv2", "r50.layer3.0.conv3", "r50.layer3.1.conv2")
 TIMED_BATCH = 64
 TIMED_DENSITIES = (0.1, 0.5, 1.0)
 
 
-def _time(benchmark, fn: Callable[[], object]) -> None:
-    """``do_bench`` quantiles into ``extra_info``, then pytest-benchmark's host timing of a synchronised call."""
+def _time(benchmark, fn: Callable[[], object], rates: Callable[[dict[str, float]], dict]) -> None:
+    """``do_bench`` quantiles and the ``rates`` at them into ``extra_info``, then pytest-benchmark's host timing.
+
+    pytest-benchmark times one synchronised call on the host clock.
+    """
 
     def synchronised() -> None:
         fn()
         torch.cuda.synchronize()
 
     with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=True):
-        timing = run_gpu.time_ms(fn, SWEEP)
+        timing = time_ms(fn, SWEEP)
         benchmark.pedantic(synchronised, rounds=20, warmup_rounds=3)
     benchmark.extra_info.update({f"do_bench_{name}_ms": value for name, value in timing.items()})
+    benchmark.extra_info.update(rates=rates(timing))
     assert math.isfinite(timing["median"]) and timing["median"] > 0
 
 
@@ -313,11 +258,12 @@ def _time(benchmark, fn: Callable[[], object]) -> None:
 @pytest.mark.parametrize("impl", ["cudnn", "triton_dense"])
 def test_time_dense(benchmark, layer: str, impl: str) -> None:
     shape = find_shape(layer)
-    errors = run_gpu.check_dense(run_gpu.make_case(SWEEP, shape, TIMED_BATCH, 1.0, "check-dense"))
+    errors = check_dense(make_case(SWEEP, shape, TIMED_BATCH, 1.0, "check-dense"))
     assert errors[impl]["ok"], errors
-    case = run_gpu.make_case(SWEEP, shape, TIMED_BATCH, 1.0, "time")
-    benchmark.extra_info.update(layer=layer, batch=TIMED_BATCH, rel_l2=errors[impl]["rel_l2"])
-    _time(benchmark, getattr(case, impl))
+    case = make_case(SWEEP, shape, TIMED_BATCH, 1.0, "time")
+    counts = dense_fields(SWEEP, shape, TIMED_BATCH)
+    benchmark.extra_info.update(layer=layer, batch=TIMED_BATCH, rel_l2=errors[impl]["rel_l2"], **counts)
+    _time(benchmark, getattr(case, impl), lambda t: dense_rates(t, counts["macs_dense"], counts["bytes_dense"]))
 
 
 @needs_cuda
@@ -325,18 +271,24 @@ def test_time_dense(benchmark, layer: str, impl: str) -> None:
 @pytest.mark.parametrize("density", TIMED_DENSITIES)
 def test_time_triton_gated(benchmark, layer: str, density: float) -> None:
     shape = find_shape(layer)
-    check = run_gpu.check_gated(run_gpu.make_case(SWEEP, shape, TIMED_BATCH, density, f"check-{density}"))
+    check = check_gated(make_case(SWEEP, shape, TIMED_BATCH, density, f"check-{density}"))
     assert check["ok"] and check["decisions_match_mask"], check
-    case = run_gpu.make_case(SWEEP, shape, TIMED_BATCH, density, "time")
+    case = make_case(SWEEP, shape, TIMED_BATCH, density, "time")
     _, decisions, stats = case.triton_gated(return_stats=True)
     assert torch.equal(decisions, case.inputs.decisions)
     kernel = stats.to_dict()
     assert 0 < kernel["tiles_conditional_executed"] <= kernel["tiles_total"]
     if density == 1.0:
         assert kernel["tiles_conditional_executed"] == kernel["tiles_total"]
-    counts = run_gpu.count_fields(run_gpu.count_case(SWEEP, shape, TIMED_BATCH, decisions))
+    kernel_macs = kernel["base_macs"] + kernel["conditional_macs"]
+    counts = count_fields(count_case(SWEEP, shape, TIMED_BATCH, decisions))
     benchmark.extra_info.update(
         layer=layer, batch=TIMED_BATCH, target_density=density, measured_density=counts["measured_density"],
         ideal_speedup=counts["ideal_speedup"], rel_l2=check["rel_l2"], kernel_stats=kernel,
+        macs_executed=counts["macs_executed"], bytes_executed=counts["bytes_executed"], kernel_macs=kernel_macs,
     )  # fmt: skip
-    _time(benchmark, case.triton_gated)
+    _time(
+        benchmark,
+        case.triton_gated,
+        lambda t: gated_rates(t, counts["macs_executed"], counts["bytes_executed"], kernel_macs),
+    )

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from gating import ChannelGatedConv2d
+from kernels import conv_output_size
 
 MODELS = ("r18", "r50")
 INPUT_SIZE = 224
@@ -51,11 +52,13 @@ class ConvShape:
 
     @property
     def out_height(self) -> int:
-        return (self.height + 2 * self.padding - self.dilation * (self.kernel - 1) - 1) // self.stride + 1
+        """Output rows ``OH`` (``kernels.conv_output_size``)."""
+        return conv_output_size(self.height, self.kernel, self.stride, self.padding, self.dilation)
 
     @property
     def out_width(self) -> int:
-        return (self.width + 2 * self.padding - self.dilation * (self.kernel - 1) - 1) // self.stride + 1
+        """Output columns ``OW`` (``kernels.conv_output_size``)."""
+        return conv_output_size(self.width, self.kernel, self.stride, self.padding, self.dilation)
 
     def input_shape(self, batch: int) -> torch.Size:
         return torch.Size((batch, self.in_channels, self.height, self.width))
@@ -97,6 +100,7 @@ def torchvision_model(model: str) -> nn.Module:
 
 
 def _single(value: tuple[int, int], what: str, layer: str) -> int:
+    """The one int of a square ``(h, w)`` conv parameter of ``layer``; ``ValueError`` if ``h != w``."""
     if value[0] != value[1]:
         raise ValueError(f"{layer}: non-square {what} {value} is not supported")
     return value[0]

@@ -1,0 +1,85 @@
+"""The GPU inputs of one benchmark case and the three implementations run on them.
+
+A case is one conv shape at one batch and gate density, as the layer runs
+after BatchNorm folding: beacon inputs (:func:`benchmarks.masks.beacon_case`)
+whose gate decisions are the case's blob mask, the weight packed once for the
+Triton kernels and in channels_last for cuDNN, and a random per-channel
+scale/shift for the Triton epilogue. Everything is :data:`~benchmarks.sweep.DTYPE`
+on :data:`DEVICE` except the float32 scale, shift and gate affine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+
+from .counting import case_mask
+from .masks import BeaconCase, beacon_case
+from .shapes import ConvShape
+from .sweep import DTYPE, Sweep, derived_seed
+
+__all__ = ["DEVICE", "ConvCase", "make_case"]
+
+DEVICE = torch.device("cuda")
+"""Where the timing cases live."""
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One benchmark case on the GPU: beacon inputs, packed weight, folded-BN scale/shift.
+
+    Attributes:
+        shape, batch, density: what the case is.
+        inputs: ``x`` channels_last ``[N, C_in, H, W]``, weight, gate affine
+            and the intended decisions (:class:`benchmarks.masks.BeaconCase`).
+        packed: the weight packed for the Triton kernels.
+        weight_cl: the weight ``[C_out, C_in, k, k]`` in channels_last, for cuDNN.
+        scale, shift: float32 ``[C_out]`` epilogue of the Triton kernels.
+        gate: ``base_fraction``, ``base_layout``, ``gate_group`` keyword arguments.
+    """
+
+    shape: ConvShape
+    batch: int
+    density: float
+    inputs: BeaconCase
+    packed: kernels.PackedWeight
+    weight_cl: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+    gate: dict[str, object]
+
+    def cudnn(self) -> torch.Tensor:
+        """``F.conv2d`` without bias or epilogue: output ``[N, C_out, OH, OW]``."""
+        return F.conv2d(self.inputs.x, self.weight_cl, None, **self.shape.conv_args())
+
+    def triton_dense(self) -> torch.Tensor:
+        """``kernels.conv2d`` with the scale/shift epilogue: output ``[N, C_out, OH, OW]``."""
+        return kernels.conv2d(
+            self.inputs.x, self.packed, scale=self.scale, shift=self.shift, **self.shape.conv_args()
+        )
+
+    def triton_gated(self, return_stats: bool = False) -> tuple:
+        """``kernels.gated_conv2d``: ``(out, decisions)``, plus the kernel's counters with ``return_stats``."""
+        return kernels.gated_conv2d(
+            self.inputs.x, self.packed, self.inputs.gate_scale, self.inputs.gate_shift,
+            scale=self.scale, shift=self.shift, return_stats=return_stats, **self.gate, **self.shape.conv_args(),
+        )  # fmt: skip
+
+
+def make_case(sweep: Sweep, shape: ConvShape, batch: int, density: float, purpose: str) -> ConvCase:
+    """A case on :data:`DEVICE`; ``purpose`` salts the seed (fresh inputs per check)."""
+    device = DEVICE
+    mask = case_mask(sweep, shape, batch, density).to(device)
+    seed = derived_seed(sweep, purpose, shape.name, batch, density)
+    inputs = beacon_case(shape, mask, dtype=DTYPE, seed=seed, **sweep.gate_kwargs())
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    scale = 0.5 + torch.rand(shape.out_channels, generator=gen, device=device)
+    shift = torch.rand(shape.out_channels, generator=gen, device=device) - 0.5
+    return ConvCase(
+        shape, batch, density, inputs, kernels.pack_weight(inputs.weight),
+        inputs.weight.contiguous(memory_format=torch.channels_last), scale, shift, sweep.gate_kwargs(),
+    )  # fmt: skip

@@ -1,0 +1,115 @@
+"""MAC and byte counts of the benchmark cases (no conv is run; any machine).
+
+Every case's gate decisions are a blob mask (:mod:`benchmarks.masks`) of the
+target density at the shape's output resolution, the same for every gate
+group. ``gating.accounting`` counts the gated call on them with
+:data:`~benchmarks.sweep.ELEM_SIZE`-byte elements: dense and executed MACs and
+bytes, the gate's own MACs, and the ideal (count-implied) speedups
+``macs_dense / macs_executed`` and ``bytes_dense / bytes_executed``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from gating.accounting import LayerCount, dense_count, gated_count
+
+from .masks import blob_scores, group_decisions, top_fraction
+from .shapes import ConvShape, gated_module
+from .sweep import ELEM_SIZE, Sweep, derived_seed
+
+__all__ = [
+    "TOTALLED_FIELDS",
+    "case_key",
+    "case_mask",
+    "count_case",
+    "count_fields",
+    "count_records",
+    "dense_fields",
+    "network_totals",
+]
+
+TOTALLED_FIELDS = ("macs_dense", "macs_executed", "bytes_dense", "bytes_executed")
+"""Fields of a count record that :func:`network_totals` adds up over layers."""
+
+
+@functools.lru_cache(maxsize=4)
+def _case_scores(sweep: Sweep, shape: ConvShape, batch: int) -> torch.Tensor:
+    return blob_scores(batch, shape.out_height, shape.out_width, seed=derived_seed(sweep, "mask", shape.name, batch))
+
+
+def case_mask(sweep: Sweep, shape: ConvShape, batch: int, density: float) -> torch.Tensor:
+    """Bool ``[N, OH, OW]`` blob mask of a case, on CPU.
+
+    One score field per (shape, batch), so the masks of a case's densities are
+    nested.
+    """
+    return top_fraction(_case_scores(sweep, shape, batch), density, shape.out_height, shape.out_width)
+
+
+def count_case(sweep: Sweep, shape: ConvShape, batch: int, decisions: torch.Tensor) -> LayerCount:
+    """``gating.accounting`` counts of one gated call of ``shape`` with bool ``decisions`` ``[N, G, OH, OW]``."""
+    module = gated_module(shape, sweep.base_fraction, sweep.base_layout, sweep.gate_group)
+    return gated_count(
+        shape.name, module, shape.input_shape(batch), shape.output_shape(batch), ELEM_SIZE, decisions.cpu()
+    )
+
+
+def count_fields(count: LayerCount) -> dict[str, object]:
+    """The counts of a gated case (MACs, bytes), with the ideal (count-implied) speedups."""
+    return {
+        "measured_density": count.density,
+        "macs_dense": count.macs_dense,
+        "macs_executed": count.macs_executed,
+        "gate_macs": count.gate_macs,
+        "bytes_dense": count.bytes_dense,
+        "bytes_executed": count.bytes_executed,
+        "ideal_speedup": count.macs_dense / count.macs_executed,
+        "ideal_bytes_speedup": count.bytes_dense / count.bytes_executed,
+    }
+
+
+def dense_fields(sweep: Sweep, shape: ConvShape, batch: int) -> dict[str, int]:
+    """``macs_dense`` and ``bytes_dense`` of the plain conv of (shape, batch): the work of a dense run."""
+    module = gated_module(shape, sweep.base_fraction, sweep.base_layout, sweep.gate_group)
+    count = dense_count(shape.name, module, shape.input_shape(batch), shape.output_shape(batch), ELEM_SIZE)
+    return {"macs_dense": count.macs_dense, "bytes_dense": count.bytes_dense}
+
+
+def case_key(shape: ConvShape, batch: int) -> dict[str, object]:
+    """The fields that name a (shape, batch) case in every record."""
+    return {"model": shape.name.split(".")[0], "shape": shape.name, "layers": shape.count, "batch": batch}
+
+
+def count_records(sweep: Sweep, shapes: Sequence[ConvShape]) -> list[dict[str, object]]:
+    """Counts of every (shape, batch, density) from the masks themselves (no conv is run)."""
+    records = []
+    for shape in shapes:
+        groups = gated_module(shape, sweep.base_fraction, sweep.base_layout, sweep.gate_group).num_groups
+        for batch in sweep.batches:
+            for density in sweep.densities:
+                decisions = group_decisions(case_mask(sweep, shape, batch, density), groups)
+                count = count_case(sweep, shape, batch, decisions)
+                records.append({**case_key(shape, batch), "target_density": density, **count_fields(count)})
+    return records
+
+
+def network_totals(records: Iterable[dict[str, object]]) -> list[dict[str, object]]:
+    """Per (model, batch, density): MACs and bytes of the counted layers of the whole network.
+
+    Each shape's counts are weighted by how many layers have it (the 7x7 stem
+    and the classifier are not included).
+    """
+    totals: dict[tuple[object, ...], dict[str, object]] = {}
+    for rec in records:
+        key = {name: rec[name] for name in ("model", "batch", "target_density")}
+        total = totals.setdefault(tuple(key.values()), key | dict.fromkeys(TOTALLED_FIELDS, 0))
+        for field in TOTALLED_FIELDS:
+            total[field] += rec["layers"] * rec[field]
+    for total in totals.values():
+        total["ideal_speedup"] = total["macs_dense"] / total["macs_executed"]
+        total["ideal_bytes_speedup"] = total["bytes_dense"] / total["bytes_executed"]
+    return list(totals.values())
