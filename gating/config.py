@@ -1,4 +1,4 @@
-"""Configuration of partial-sum channel gating (DESIGN §2.1).
+"""Configuration of partial-sum channel gating (docs/design.md#partial-sum-gate).
 
 One small dataclass, validated on construction, that ``GatedModel`` reads to
 decide which convolutions to gate and how.
@@ -64,7 +64,9 @@ class GateConfig:
             raise ValueError(f"GateConfig.base_layout must be one of {BASE_LAYOUTS}, got {self.base_layout!r}")
         if self.base_layout == "grouped":
             chunk_count(self.base_fraction)
-        if not isinstance(self.gate_group, int) or self.gate_group < 1:
+        if isinstance(self.gate_group, bool) or not isinstance(self.gate_group, int):
+            raise TypeError(f"GateConfig.gate_group must be an int, got {self.gate_group!r}")
+        if self.gate_group < 1:
             raise ValueError(f"GateConfig.gate_group must be a positive int, got {self.gate_group!r}")
         if self.alpha <= 0:
             raise ValueError(f"GateConfig.alpha must be > 0, got {self.alpha!r}")

@@ -1,10 +1,14 @@
-"""``GatedModel``: wraps any CNN, swaps its convolutions for gated ones (DESIGN §2.1, §3).
+"""``GatedModel``: wraps any CNN, swaps its convolutions for gated ones.
+
+Gate semantics: ``docs/design.md#partial-sum-gate``; where the model sits in
+the code: ``docs/design.md#layers-of-the-code``.
 
 Which convolutions are gated (``GateConfig``):
 
 1. a name in ``exclude`` is never gated;
-2. a name in ``include`` is always gated, and is an error if the conv cannot
-   be gated (groups > 1, transposed, non-zero padding mode);
+2. a name in ``include`` is always gated; a conv the gate cannot represent
+   (groups > 1, transposed, non-zero padding mode) named there raises
+   ``NotImplementedError``;
 3. otherwise ``nn.Conv2d`` modules are gated except: the stem (the first
    ``nn.Conv2d`` in module registration order) when ``skip_stem``; 1x1 convs
    on a shortcut path (a name component ``downsample`` or ``shortcut``) when
@@ -18,14 +22,14 @@ gated conv holds a copy of the original weight and bias.
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from kernels.partition import expand_groups
-
+from . import calibration
 from .accounting import CallRecorder, RecordedCall, Report, conv_macs, gated_mac_terms
 from .config import GateConfig
 from .gates import ChannelGatedConv2d, check_conv_input, unsupported_reason
@@ -60,7 +64,7 @@ def select_convs(model: nn.Module, config: GateConfig) -> list[str]:
             continue
         if name in config.include:
             if reason is not None:
-                raise ValueError(f"GateConfig.include names {name!r}, which cannot be gated: {reason}")
+                raise NotImplementedError(f"GateConfig.include names {name!r}, which cannot be gated: {reason}")
             selected.append(name)
             continue
         if reason is not None:
@@ -84,28 +88,20 @@ def _input_check(name: str):
     return check
 
 
-def _capture_gate_statistic(model: nn.Module, layer: ChannelGatedConv2d, inputs: torch.Tensor) -> torch.Tensor:
-    """Run ``model(inputs)`` and return ``layer``'s gate statistic ``z`` of that forward."""
-    captured: list[torch.Tensor] = []
-
-    def hook(module: ChannelGatedConv2d, args: tuple) -> None:
-        captured.append(module.gate_statistic(module.partial_sums(args[0])[0]))
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model(inputs)
-    finally:
-        handle.remove()
-    return captured[0]
-
-
 class GatedModel(nn.Module):
     """A network whose selected convolutions are ``ChannelGatedConv2d``.
 
-    The wrapped ``model`` is modified in place (pass a ``copy.deepcopy`` to
-    keep the original). ``forward`` is the wrapped model's forward; every
-    counted layer call is recorded so ``report()``, ``gate_stats()`` and the
-    losses describe the last forward.
+    ``GatedModel(model)`` leaves ``model`` untouched: it wraps a deep copy,
+    as PyTorch's conversion APIs do unless told otherwise. With
+    ``inplace=True`` it wraps ``model`` itself and swaps its convolutions
+    (no copy of the weights; ``model`` is then changed). ``forward`` is the
+    wrapped model's forward; every counted layer call is recorded so
+    ``report()``, ``gate_stats()`` and the losses describe the last forward.
+
+    The budget loss aims at ``budget_target``, the executed/dense MAC ratio
+    wanted now: ``config.target_flops_ratio`` (``budget_goal``) unless a
+    training schedule (``TrainConfig.budget_ramp_epochs``) sets it step by
+    step.
 
     ``state_dict()`` holds the wrapped model's tensors under ``model.`` plus
     an extra state with the gate configuration and the gated layer names;
@@ -113,12 +109,16 @@ class GatedModel(nn.Module):
     ``ValueError``.
     """
 
-    def __init__(self, model: nn.Module, config: GateConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, config: GateConfig | None = None, *, inplace: bool = False) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"GatedModel wraps an nn.Module, got {type(model).__name__}")
+        if not isinstance(inplace, bool):
+            raise TypeError(f"GatedModel: inplace must be a bool, got {inplace!r}")
         self.config = config or GateConfig()
-        self.model = model
+        self.model = model if inplace else copy.deepcopy(model)
+        self.budget_target: float | None = self.config.target_flops_ratio
+        model = self.model
         self.gated_names = select_convs(model, self.config)
         for name in self.gated_names:
             self._swap(name)
@@ -169,6 +169,15 @@ class GatedModel(nn.Module):
         """``macs_executed / macs_dense`` of the last forward (gate overhead included)."""
         report = self.report()
         return report.macs_executed / report.macs_dense
+
+    @property
+    def budget_goal(self) -> float | None:
+        """The executed/dense MAC ratio the budget loss ends at: ``config.target_flops_ratio``."""
+        return self.config.target_flops_ratio
+
+    def gate_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """The gates' decision BatchNorms (``gate_bn`` of every gated layer), in forward order."""
+        return [layer.gate_bn for layer in self.gated_layers().values()]
 
     def no_weight_decay_parameters(self) -> Iterator[nn.Parameter]:
         """The learned thresholds, which the optimiser should not decay."""
@@ -225,15 +234,15 @@ class GatedModel(nn.Module):
         return (executed + constant) / dense_total
 
     def budget_loss(self) -> torch.Tensor:
-        """``(soft_macs_ratio - target_flops_ratio)^2``; zero when no target is set."""
-        if self.config.target_flops_ratio is None:
+        """``(soft_macs_ratio - budget_target)^2``; zero when no target is set."""
+        if self.budget_target is None:
             return torch.zeros(())
-        return (self.soft_macs_ratio() - self.config.target_flops_ratio).pow(2)
+        return (self.soft_macs_ratio() - self.budget_target).pow(2)
 
     def gating_loss(self) -> torch.Tensor:
         """``threshold_loss + budget_weight * budget_loss`` for the last forward."""
         loss = self.threshold_loss()
-        if self.config.target_flops_ratio is not None:
+        if self.budget_target is not None:
             budget = self.budget_loss()
             loss = loss.to(budget.device) + self.config.budget_weight * budget
         return loss
@@ -249,48 +258,20 @@ class GatedModel(nn.Module):
             return 1.0
         return min(1.0, max(0.0, (target_flops_ratio * dense - fixed) / conditional))
 
-    @torch.no_grad()
     def calibrate(self, inputs: torch.Tensor, target_flops_ratio: float) -> float:
-        """Set the gate statistics and thresholds from data so the model starts near a budget.
+        """Start the gates near a budget: see :func:`gating.calibration.calibrate`; returns the density set."""
+        return calibration.calibrate(self, inputs, target_flops_ratio)
 
-        ``inputs`` is a representative batch ``[N, C, H, W]``. First every gate
-        BatchNorm's running statistics are set to the cumulative average over
-        ``inputs`` (gates open). Then, layer by layer in forward order (so each
-        layer sees the inputs its calibrated predecessors give it), every
-        threshold of gate group ``j`` is set to the ``1 - density`` quantile of
-        that group's eval-mode gate statistic, where ``density`` is
-        ``uniform_density(target_flops_ratio)``. Returns that density. The
-        model's train/eval mode is restored.
+    def fit_budget(
+        self, batches: Iterable[torch.Tensor], target_flops_ratio: float | None = None, **options: Any
+    ) -> float:
+        """Meet a budget (default ``budget_goal``) exactly by one common threshold offset, returned.
+
+        See :func:`gating.calibration.fit_budget` (``options``: ``tolerance``,
+        ``max_steps``).
         """
-        if not 0.0 < target_flops_ratio <= 1.0:
-            raise ValueError(f"target_flops_ratio must be in (0, 1], got {target_flops_ratio!r}")
-        was_training = self.training
-        layers = list(self.gated_layers().values())
-        momenta = [layer.gate_bn.momentum for layer in layers]
-        try:
-            self.train()
-            for layer in layers:
-                layer.gate_bn.reset_running_stats()
-                layer.gate_bn.momentum = None  # cumulative average
-            with self.open_gates():
-                self(inputs)
-                density = self.uniform_density(target_flops_ratio)
-            for layer, momentum in zip(layers, momenta):
-                layer.gate_bn.momentum = momentum
-            self.eval()
-            for layer in layers:
-                layer.threshold.zero_()
-                statistic = _capture_gate_statistic(self, layer, inputs)  # [N, G, OH, OW] at Δ = 0
-                per_group = statistic.transpose(0, 1).flatten(1).float()
-                if density < 1.0:
-                    thresholds = torch.quantile(per_group, 1.0 - density, dim=1)
-                else:  # every decision on: below the smallest statistic
-                    thresholds = per_group.min(dim=1).values - 1.0
-                per_channel = expand_groups(thresholds.view(1, -1, 1, 1), layer.out_channels, layer.gate_group)
-                layer.threshold.copy_(per_channel.view(-1))
-        finally:
-            self.train(was_training)
-        return density
+        target = self.budget_goal if target_flops_ratio is None else target_flops_ratio
+        return calibration.fit_budget(self, batches, target, **options)
 
     # ------------------------------------------------------------- open gates
     @contextlib.contextmanager

@@ -87,9 +87,9 @@ def test_include_exclude_and_unsupported_convs():
     assert any("'3'" in m and "transposed" in m for m in messages)
     assert all("\n" not in m for m in messages)
     assert gated.gated_names == ["0", "1"]
-    with pytest.raises(ValueError, match=r"'2'.*groups=2"):
+    with pytest.raises(NotImplementedError, match=r"'2'.*groups=2"):
         GatedModel(copy.deepcopy(net), GateConfig(include=("2",)))
-    with pytest.raises(ValueError, match=r"'3'.*transposed"), pytest.warns(UserWarning, match="'2'"):
+    with pytest.raises(NotImplementedError, match=r"'3'.*transposed"), pytest.warns(UserWarning, match="'2'"):
         GatedModel(copy.deepcopy(net), GateConfig(include=("3",)))
     with pytest.raises(ValueError, match="does not have"):
         GatedModel(copy.deepcopy(net), GateConfig(exclude=("nope",)))
@@ -241,3 +241,31 @@ def test_gated_student_resume_equals_uninterrupted(tmp_path):
     for key, value in resumed.state_dict().items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, expected[key]), key
+
+
+def test_wrapping_leaves_the_model_untouched_unless_inplace():
+    original = resnet20(width=4)
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    conv = original.layer1[0].conv1
+    gated = GatedModel(original, GateConfig(gate_group=4))
+    assert original.layer1[0].conv1 is conv and type(conv) is nn.Conv2d  # nothing swapped in the original
+    assert isinstance(gated.model.layer1[0].conv1, ChannelGatedConv2d)
+    assert gated.model is not original
+    with torch.no_grad():
+        gated.model.bn1.weight.add_(1.0)  # training the student does not move the original
+    assert all(torch.equal(v, before[k]) for k, v in original.state_dict().items())
+
+    shared = GatedModel(original, GateConfig(gate_group=4), inplace=True)
+    assert shared.model is original and isinstance(original.layer1[0].conv1, ChannelGatedConv2d)
+    assert shared.model.bn1 is original.bn1
+    with pytest.raises(TypeError, match="inplace must be a bool"):
+        GatedModel(resnet20(width=4), inplace="yes")
+
+
+def test_gate_config_types_and_values():
+    with pytest.raises(TypeError, match="GateConfig.gate_group must be an int, got True"):
+        GateConfig(gate_group=True)
+    with pytest.raises(TypeError, match="GateConfig.gate_group must be an int"):
+        GateConfig(gate_group=2.0)
+    with pytest.raises(ValueError, match="GateConfig.gate_group must be a positive int"):
+        GateConfig(gate_group=0)

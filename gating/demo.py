@@ -1,0 +1,366 @@
+"""The demo workflow: teacher, gated student, measurement, on the built-in data.
+
+:func:`run_demo` trains a dense ResNet-20 teacher on the built-in synthetic
+data, wraps a copy with ``GatedModel``, calibrates its gates to the start of
+the MAC budget ramp on a batch of training images (``GatedModel.calibrate``),
+distils the gated student from the teacher with the training recipe of
+``docs/design.md#training-recipe`` (logit and block-feature distillation, a
+budget that ramps to the goal, BatchNorm re-estimation at the end), then
+measures accuracy and MACs / bytes dense vs executed over the whole test set
+and writes ``OUT/results.json``. Checkpoints ``OUT/teacher.ckpt`` and
+``OUT/student.ckpt`` are written as it goes; ``resume`` continues from them.
+
+:func:`run_demo_seeds` runs the same pipeline for several seeds (one folder
+each) and writes ``OUT/summary.json`` with :func:`summarize_seeds`: mean and
+worst accuracy gap and MAC reduction, so robustness is one command away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import data, io
+from .accounting import Report
+from .config import GateConfig
+from .distill import Trainer, TrainConfig
+from .model import GatedModel
+from .models import BasicBlock, resnet20
+
+__all__ = ["DemoConfig", "measure", "run_demo", "run_demo_seeds", "summarize_seeds"]
+
+
+@dataclass
+class DemoConfig:
+    """Everything the demo does, with its defaults; invalid values raise ``ValueError`` naming the field.
+
+    Data and models:
+        out: folder for ``results.json`` and the checkpoints.
+        teacher_epochs, student_epochs: epochs of dense teacher training and of
+            gated distillation (>= 1).
+        num_train, num_test: built-in images generated for training / testing.
+        image_size: image side in pixels (>= 8).
+        batch_size: batch size of both runs.
+        width: ResNet-20 base width.
+        seed: seed of data, initialisation and training order.
+        device: torch device string; ``None`` = CUDA when available.
+        resume: continue from the checkpoints in ``out``.
+        progress: show tqdm progress bars.
+
+    Gates and budget:
+        target_flops: executed/dense MAC ratio the student ends at (0, 1].
+        gate_group: output channels sharing one gate decision.
+        budget_weight: weight of the budget loss.
+        calibration_images: training images the gates are calibrated on.
+
+    Student recipe (``docs/design.md#training-recipe``; the defaults are the
+    best of the variants measured there):
+        student_lr: base learning rate of the student (cosine schedule).
+        kd_alpha, kd_temperature: logit distillation (weight of the hard
+            cross-entropy; temperature).
+        feature_kd_weight: weight of block-output feature distillation (every
+            ``BasicBlock``'s output); 0 = off.
+        budget_ramp_epochs: epochs over which the MAC target ramps from
+            ``budget_ramp_start`` to ``target_flops``; 0 = calibrate straight
+            to the target.
+        budget_ramp_start: MAC ratio the ramp starts at (the gates are
+            calibrated to it).
+        bn_recalibration_batches: training batches the student's BatchNorm
+            statistics are re-estimated on after training; 0 = off.
+        budget_fit_batches: training batches on which, after training, one
+            common threshold offset is fitted so the student meets
+            ``target_flops`` exactly; 0 = off.
+    """
+
+    out: Path = Path("runs/demo")
+    teacher_epochs: int = 5
+    student_epochs: int = 4
+    num_train: int = 6000
+    num_test: int = 2000
+    image_size: int = 32
+    batch_size: int = 128
+    width: int = 16
+    seed: int = 0
+    device: str | None = None
+    resume: bool = False
+    progress: bool = True
+    target_flops: float = 0.39
+    gate_group: int = 16
+    budget_weight: float = 50.0
+    calibration_images: int = 512
+    student_lr: float = 0.05
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    feature_kd_weight: float = 1.0
+    budget_ramp_epochs: float = 0.0
+    budget_ramp_start: float = 1.0
+    bn_recalibration_batches: int = 20
+    budget_fit_batches: int = 4
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for name in ("teacher_epochs", "student_epochs", "num_train", "num_test", "batch_size", "width",
+                     "calibration_images"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DemoConfig.{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
+            raise ValueError(f"DemoConfig.image_size must be an int >= 8, got {self.image_size!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"DemoConfig.seed must be an int >= 0, got {self.seed!r}")
+        if not 0.0 < self.target_flops <= 1.0:
+            raise ValueError(f"DemoConfig.target_flops must be in (0, 1], got {self.target_flops!r}")
+        if self.budget_ramp_start < self.target_flops:
+            raise ValueError(
+                f"DemoConfig.budget_ramp_start ({self.budget_ramp_start!r}) must be >= target_flops "
+                f"({self.target_flops!r})"
+            )
+        # The library configs check everything else, before any training.
+        self.gate_config()
+        self.student_config()
+
+    def gate_config(self) -> GateConfig:
+        """The student's gate configuration."""
+        return GateConfig(target_flops_ratio=self.target_flops, gate_group=self.gate_group,
+                          budget_weight=self.budget_weight)
+
+    def teacher_config(self) -> TrainConfig:
+        """The dense teacher's training run (evaluated once, at the end)."""
+        return TrainConfig(epochs=self.teacher_epochs, lr=0.1, kd_alpha=1.0, eval_every=self.teacher_epochs,
+                           **self._common())
+
+    def student_config(self) -> TrainConfig:
+        """The gated student's distillation run (evaluated once, at the end)."""
+        return TrainConfig(
+            epochs=self.student_epochs,
+            lr=self.student_lr,
+            kd_alpha=self.kd_alpha,
+            kd_temperature=self.kd_temperature,
+            eval_every=self.student_epochs,
+            feature_kd_weight=self.feature_kd_weight,
+            feature_kd_layers=_block_names(self.width) if self.feature_kd_weight > 0 else (),
+            budget_ramp_epochs=self.budget_ramp_epochs,
+            budget_ramp_start=self.budget_ramp_start,
+            bn_recalibration_batches=self.bn_recalibration_batches,
+            budget_fit_batches=self.budget_fit_batches,
+            **self._common(),
+        )
+
+    def _common(self) -> dict[str, Any]:
+        return {"seed": self.seed, "device": self.device, "progress": self.progress}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form for ``results.json`` (the folder as a string)."""
+        out = dataclasses.asdict(self)
+        out["out"] = str(self.out)
+        return out
+
+
+def _block_names(width: int) -> tuple[str, ...]:
+    """Names of the residual blocks of the demo's ResNet-20 (their outputs are distilled)."""
+    return tuple(name for name, module in resnet20(width=width).named_modules() if isinstance(module, BasicBlock))
+
+
+def calibration_batch(loader: DataLoader, count: int, device: torch.device) -> torch.Tensor:
+    """The first ``count`` images of ``loader``'s dataset (in dataset order), on ``device``."""
+    count = min(count, len(loader.dataset))
+    return torch.stack([loader.dataset[i][0] for i in range(count)]).to(device)
+
+
+@torch.no_grad()
+def measure(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, Report | None]:
+    """Accuracy in percent over ``loader`` and, for a ``GatedModel``, its counts summed over batches."""
+    model.eval()
+    correct, seen, report = 0, 0, None
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device), targets.to(device)
+        logits = model(inputs)
+        correct += int((logits.argmax(dim=1) == targets).sum())
+        seen += targets.numel()
+        if isinstance(model, GatedModel):
+            batch = model.report()
+            report = batch if report is None else report + batch
+    return 100.0 * correct / seen, report
+
+
+def run_demo(config: DemoConfig) -> dict[str, Any]:
+    """Run the demo described in the module docstring; returns what it writes to ``results.json``."""
+    started = time.perf_counter()
+    config.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    train_loader, test_loader, num_classes = data.build_loaders(
+        "synthetic",
+        batch_size=config.batch_size,
+        num_train=config.num_train,
+        num_test=config.num_test,
+        image_size=config.image_size,
+        seed=config.seed,
+    )
+    print(f"[1/3] teacher: ResNet-20 (width {config.width}) on {config.num_train} built-in images", flush=True)
+    teacher = resnet20(num_classes=num_classes, width=config.width)
+    teacher_trainer = Trainer(teacher, train_loader, test_loader, config.teacher_config(),
+                              checkpoint_path=config.out / "teacher.ckpt")
+    teacher_trainer.fit(resume=config.resume)
+    device = teacher_trainer.device
+
+    start = config.budget_ramp_start if config.budget_ramp_epochs > 0 else config.target_flops
+    ramp = f"{start} -> " if start != config.target_flops else ""
+    print(f"[2/3] student: gated copy distilled from the teacher, MAC ratio {ramp}{config.target_flops}",
+          flush=True)
+    gate_config = config.gate_config()
+    student = GatedModel(teacher, gate_config).to(device)
+    density = student.calibrate(calibration_batch(train_loader, config.calibration_images, device), start)
+    print(f"      calibrated every gate to density {density:.3f} on {config.calibration_images} training images",
+          flush=True)
+    student_config = config.student_config()
+    Trainer(student, train_loader, test_loader, student_config, teacher=teacher,
+            checkpoint_path=config.out / "student.ckpt").fit(resume=config.resume)
+
+    print("[3/3] measuring on the test set", flush=True)
+    teacher_accuracy, _ = measure(teacher, test_loader, device)
+    student_accuracy, report = measure(student, test_loader, device)
+    results = {
+        "seed": config.seed,
+        "teacher_accuracy": teacher_accuracy,
+        "student_accuracy": student_accuracy,
+        "accuracy_gap": teacher_accuracy - student_accuracy,
+        "macs_dense": report.macs_dense,
+        "macs_executed": report.macs_executed,
+        "macs_reduction": report.macs_reduction,
+        "bytes_dense": report.bytes_dense,
+        "bytes_executed": report.bytes_executed,
+        "bytes_reduction": report.bytes_reduction,
+        "layers": {layer.name: layer.density for layer in report.layers if layer.density is not None},
+        "report": report.to_dict()["layers"],
+        "test_images": config.num_test,
+        "demo_config": config.to_dict(),
+        "gate_config": gate_config.to_dict(),
+        "teacher_train_config": dataclasses.asdict(config.teacher_config()),
+        "student_train_config": dataclasses.asdict(student_config),
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    io.atomic_write_json(results, config.out / "results.json")
+    print(summary(results, report))
+    print(f"wrote {config.out / 'results.json'}")
+    return results
+
+
+def summary(results: dict[str, Any], report: Report) -> str:
+    """The demo's printed table."""
+    lines = [
+        "",
+        f"{'':<22}{'teacher':>12}{'gated student':>16}",
+        f"{'test accuracy (%)':<22}{results['teacher_accuracy']:>12.2f}{results['student_accuracy']:>16.2f}",
+        f"{'MACs (M, test set)':<22}{results['macs_dense'] / 1e6:>12.1f}{results['macs_executed'] / 1e6:>16.1f}",
+        f"{'bytes (MB, test set)':<22}{results['bytes_dense'] / 1e6:>12.1f}{results['bytes_executed'] / 1e6:>16.1f}",
+        "",
+        "per layer (summed over the test set):",
+        report.table(),
+    ]
+    return "\n".join(lines)
+
+
+def summarize_seeds(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Robustness summary of several demo runs.
+
+    Each entry needs ``seed``, ``teacher_accuracy`` and ``student_accuracy``
+    (percent) and ``macs_reduction`` (dense / executed MACs). Returns the
+    seeds, per-seed ``gaps`` (teacher - student, points), ``mean_gap``,
+    ``worst_gap`` (the largest), ``mean_macs_reduction``,
+    ``worst_macs_reduction`` (the smallest), and the means of both
+    accuracies.
+
+    Raises:
+        ValueError: no runs given.
+    """
+    if not per_seed:
+        raise ValueError("summarize_seeds needs at least one run")
+    gaps = [run["teacher_accuracy"] - run["student_accuracy"] for run in per_seed]
+    reductions = [run["macs_reduction"] for run in per_seed]
+    count = len(per_seed)
+    return {
+        "seeds": [run["seed"] for run in per_seed],
+        "gaps": gaps,
+        "macs_reductions": reductions,
+        "mean_gap": math.fsum(gaps) / count,
+        "worst_gap": max(gaps),
+        "mean_macs_reduction": math.fsum(reductions) / count,
+        "worst_macs_reduction": min(reductions),
+        "mean_teacher_accuracy": math.fsum(run["teacher_accuracy"] for run in per_seed) / count,
+        "mean_student_accuracy": math.fsum(run["student_accuracy"] for run in per_seed) / count,
+    }
+
+
+def run_demo_seeds(config: DemoConfig, seeds: Sequence[int]) -> dict[str, Any]:
+    """Run the demo once per seed (in ``config.out / f"seed-{s}"``) and write ``config.out / "summary.json"``.
+
+    Returns the summary of :func:`summarize_seeds` plus ``runs`` (each seed's
+    headline numbers) and the shared settings.
+
+    Raises:
+        ValueError: ``seeds`` is empty or holds a repeated, negative or
+            non-integer entry.
+    """
+    check_seeds(seeds)
+    started = time.perf_counter()
+    runs = []
+    for seed in seeds:
+        print(f"=== seed {seed} ===", flush=True)
+        run = run_demo(dataclasses.replace(config, seed=seed, out=config.out / f"seed-{seed}"))
+        runs.append({key: run[key] for key in _HEADLINE})
+    result = {
+        **summarize_seeds(runs),
+        "runs": runs,
+        "demo_config": {**config.to_dict(), "seed": None},
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    io.atomic_write_json(result, config.out / "summary.json")
+    print(seeds_table(result))
+    print(f"wrote {config.out / 'summary.json'}")
+    return result
+
+
+_HEADLINE = ("seed", "teacher_accuracy", "student_accuracy", "accuracy_gap", "macs_reduction",
+             "bytes_reduction", "seconds")
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Raise ``ValueError`` naming the first repeated, negative or non-integer seed (or an empty list)."""
+    if not seeds:
+        raise ValueError("seeds: give at least one seed")
+    seen = set()
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seeds: {seed!r} is not an integer")
+        if seed < 0:
+            raise ValueError(f"seeds: {seed} is negative")
+        if seed in seen:
+            raise ValueError(f"seeds: {seed} is repeated")
+        seen.add(seed)
+
+
+def seeds_table(result: dict[str, Any]) -> str:
+    """The multi-seed run's printed table."""
+    lines = ["", f"{'seed':>6}{'teacher %':>11}{'student %':>11}{'gap':>7}{'MAC red.':>10}"]
+    for run in result["runs"]:
+        lines.append(f"{run['seed']:>6}{run['teacher_accuracy']:>11.2f}{run['student_accuracy']:>11.2f}"
+                     f"{run['accuracy_gap']:>7.2f}{run['macs_reduction']:>9.2f}x")
+    lines.append(f"{'mean':>6}{result['mean_teacher_accuracy']:>11.2f}{result['mean_student_accuracy']:>11.2f}"
+                 f"{result['mean_gap']:>7.2f}{result['mean_macs_reduction']:>9.2f}x")
+    lines.append(f"{'worst':>6}{'':>22}{result['worst_gap']:>7.2f}{result['worst_macs_reduction']:>9.2f}x")
+    return "\n".join(lines)
