@@ -202,9 +202,7 @@ class Trainer:
 
     def _final_batches(self, count: int) -> Iterator[Tensor]:
         """Inputs of the first ``count`` train batches in the order of epoch ``config.epochs``."""
-        set_epoch = getattr(self.train_loader.sampler, "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(self.config.epochs)
+        self._select_epoch_order(self.config.epochs)
         return (inputs for inputs, _ in itertools.islice(self.train_loader, count))
 
     # ------------------------------------------------------------ construction
@@ -260,9 +258,7 @@ class Trainer:
         (when resuming) is restored after skipping, so that skipping leaves no
         trace on the random stream.
         """
-        set_epoch = getattr(self.train_loader.sampler, "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(self.epoch)
+        self._select_epoch_order(self.epoch)
         epoch_rng = capture_rng_state()
         batches = iter(self.train_loader)
         for _ in range(self.step_in_epoch):
@@ -270,6 +266,12 @@ class Trainer:
         if rng_after_skip is not None:
             restore_rng_state(rng_after_skip)
         return batches, epoch_rng
+
+    def _select_epoch_order(self, epoch: int) -> None:
+        """Make the train loader yield epoch ``epoch``'s order, when its sampler has ``set_epoch``."""
+        set_epoch = getattr(self.train_loader.sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
 
     def _progress_bar(self, batches: Iterator[Any]) -> tqdm:
         return tqdm(
