@@ -1,9 +1,11 @@
-"""CPU tests of the benchmark plumbing: sweep defaults, command line, records, rates and summary.
+"""CPU tests of the benchmark plumbing: sweep defaults, command line, records, rates, summary and checks.
 
 Collected by ``python -m pytest`` from the repository root (``bench_*.py``).
 No conv is timed: where a timed record is assembled, the GPU case and
 ``do_bench`` are replaced by stand-ins with hand-picked times, so the rates in
-the record can be checked against hand-computed values.
+the record can be checked against hand-computed values. The correctness checks
+run on real cases on CPU (their kernels are then the PyTorch references) and on
+hand-made outputs with 1, 2 and 3 times PyTorch's own error.
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ import pytest
 import torch
 
 from benchmarks import run_gpu, timing
-from benchmarks.checks import failures
+from benchmarks.cases import ConvCase, make_case
+from benchmarks.checks import (
+    TOLERANCE_FLOOR,
+    check_dense,
+    check_gated,
+    dense_references,
+    failures,
+    gated_references,
+    rel_errors,
+)
 from benchmarks.counting import case_mask
 from benchmarks.masks import group_decisions
 from benchmarks.report import dense_rates, gated_rates, gbps, print_rates, summarize, tflops
@@ -145,7 +156,7 @@ def test_command_line_defaults_are_the_sweep_defaults() -> None:
     [
         (["--densities", "0"], "densities must be in (0, 1]"),
         (["--batches", "0"], "batches must be >= 1"),
-        (["--gate-group", "0"], "gate_group must be >= 1"),
+        (["--gate-group", "0"], "gate_group must be a positive int"),
         (["--base-fraction", "1.5"], "base_fraction must be in (0, 1]"),
     ],
 )
@@ -209,6 +220,58 @@ def test_failures_name_the_failed_checks() -> None:
         {"shape": "s", "batch": 64, "target_density": 0.5, "decisions_match_mask": True, "check": None},
     ]  # fmt: skip
     assert failures(dense, gated) == ["s b8 dense", "s b8 d0.1 gated", "s b64 d0.1 gated"]
+
+
+# ------------------------------------------------------------------- checks
+def test_tolerance_is_twice_the_pytorch_error() -> None:
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(2, 8, 5, 5, dtype=torch.float64, generator=gen)
+    noise = torch.randn(ref.shape, dtype=torch.float64, generator=gen)
+    pytorch = ref + 1e-3 * noise * ref.norm() / noise.norm()  # PyTorch's error: exactly 1e-3 relative
+    twice, thrice = (rel_errors(ref + k * (pytorch - ref), ref, pytorch) for k in (2, 3))
+    assert twice["pytorch_rel_error"] == pytest.approx(1e-3) and twice["rel_l2"] == pytest.approx(2e-3)
+    assert twice["tolerance"] == pytest.approx(2e-3 + TOLERANCE_FLOOR)
+    assert twice["ok"] and not thrice["ok"]
+    assert not rel_errors(torch.full_like(ref, float("nan")), ref, pytorch)["ok"]
+
+
+def test_tolerance_floor_where_pytorch_is_exact() -> None:
+    ref = torch.arange(1.0, 9.0, dtype=torch.float64)
+    assert rel_errors(ref.float(), ref, ref.float())["ok"]  # small integers: exact, 0 <= floor
+    assert rel_errors(ref * (1 + TOLERANCE_FLOOR / 2), ref, ref)["ok"]
+    assert not rel_errors(ref * (1 + 2 * TOLERANCE_FLOOR), ref, ref)["ok"]
+    zero = torch.zeros(3, dtype=torch.float64)
+    exact = rel_errors(zero, zero, zero)
+    assert exact["ok"] and exact["rel_l2"] == exact["pytorch_rel_error"] == 0.0
+    assert not rel_errors(zero + 1e-9, zero, zero)["ok"]  # any error of an all-zero reference is infinite
+
+
+def _cpu_case() -> ConvCase:
+    """A real case on CPU: its "Triton" calls run the registered ops' references in bfloat16."""
+    return make_case(Sweep(), SMALL, 2, 0.5, "check", device="cpu")
+
+
+@pytest.mark.parametrize("factor, ok", [(1, True), (2, True), (3, False)])
+def test_gated_check_accepts_up_to_twice_the_pytorch_error(factor: int, ok: bool) -> None:
+    case = _cpu_case()
+    out, decisions = case.triton_gated()
+    ref, pytorch = gated_references(case, decisions)
+    assert torch.equal(out, pytorch) and pytorch.dtype == torch.bfloat16  # on CPU the op is PyTorch's reference
+    made = rel_errors(ref + factor * (pytorch.double() - ref), ref, pytorch)
+    assert 1e-4 < made["pytorch_rel_error"] < 1e-2 and made["ok"] is ok
+    check = check_gated(case)
+    assert check["ok"] and check["decisions_match_mask"]
+    assert check["rel_l2"] == pytest.approx(check["pytorch_rel_error"])
+
+
+@pytest.mark.parametrize("impl", ["cudnn", "triton_dense"])
+@pytest.mark.parametrize("factor, ok", [(2, True), (3, False)])
+def test_dense_check_accepts_up_to_twice_the_pytorch_error(impl: str, factor: int, ok: bool) -> None:
+    case = _cpu_case()
+    ref, pytorch = dense_references(case)[impl]
+    assert rel_errors(ref + factor * (pytorch.double() - ref), ref, pytorch)["ok"] is ok
+    check = check_dense(case)[impl]
+    assert check["ok"] and check["tolerance"] == pytest.approx(2 * check["pytorch_rel_error"] + TOLERANCE_FLOOR)
 
 
 # ------------------------------------------------------------------ command

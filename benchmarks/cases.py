@@ -5,7 +5,9 @@ after BatchNorm folding: beacon inputs (:func:`benchmarks.masks.beacon_case`)
 whose gate decisions are the case's blob mask, the weight packed once for the
 Triton kernels and in channels_last for cuDNN, and a random per-channel
 scale/shift for the Triton epilogue. Everything is :data:`~benchmarks.sweep.DTYPE`
-on :data:`DEVICE` except the float32 scale, shift and gate affine.
+on :data:`DEVICE` (or the device given to :func:`make_case`) except the float32
+scale, shift and gate affine. Off CUDA, the "Triton" implementations are the
+registered ops' PyTorch references, which is how the checks are tested on CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class ConvCase:
         packed: the weight packed for the Triton kernels.
         weight_cl: the weight ``[C_out, C_in, k, k]`` in channels_last, for cuDNN.
         scale, shift: float32 ``[C_out]`` epilogue of the Triton kernels.
-        gate: ``base_fraction``, ``base_layout``, ``gate_group`` keyword arguments.
+        spec: the gate settings (:class:`kernels.GateSpec`).
     """
 
     shape: ConvShape
@@ -50,7 +52,7 @@ class ConvCase:
     weight_cl: torch.Tensor
     scale: torch.Tensor
     shift: torch.Tensor
-    gate: dict[str, object]
+    spec: kernels.GateSpec
 
     def cudnn(self) -> torch.Tensor:
         """``F.conv2d`` without bias or epilogue: output ``[N, C_out, OH, OW]``."""
@@ -66,20 +68,22 @@ class ConvCase:
         """``kernels.gated_conv2d``: ``(out, decisions)``, plus the kernel's counters with ``return_stats``."""
         return kernels.gated_conv2d(
             self.inputs.x, self.packed, self.inputs.gate_scale, self.inputs.gate_shift,
-            scale=self.scale, shift=self.shift, return_stats=return_stats, **self.gate, **self.shape.conv_args(),
+            scale=self.scale, shift=self.shift, return_stats=return_stats, **self.spec.to_dict(),
+            **self.shape.conv_args(),
         )  # fmt: skip
 
 
-def make_case(sweep: Sweep, shape: ConvShape, batch: int, density: float, purpose: str) -> ConvCase:
-    """A case on :data:`DEVICE`; ``purpose`` salts the seed (fresh inputs per check)."""
-    device = DEVICE
+def make_case(
+    sweep: Sweep, shape: ConvShape, batch: int, density: float, purpose: str, device: torch.device | str = DEVICE
+) -> ConvCase:
+    """A case on ``device`` (default :data:`DEVICE`); ``purpose`` salts the seed (fresh inputs per check)."""
     mask = case_mask(sweep, shape, batch, density).to(device)
     seed = derived_seed(sweep, purpose, shape.name, batch, density)
-    inputs = beacon_case(shape, mask, dtype=DTYPE, seed=seed, **sweep.gate_kwargs())
+    inputs = beacon_case(shape, mask, dtype=DTYPE, seed=seed, **sweep.spec.to_dict())
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     scale = 0.5 + torch.rand(shape.out_channels, generator=gen, device=device)
     shift = torch.rand(shape.out_channels, generator=gen, device=device) - 0.5
     return ConvCase(
         shape, batch, density, inputs, kernels.pack_weight(inputs.weight),
-        inputs.weight.contiguous(memory_format=torch.channels_last), scale, shift, sweep.gate_kwargs(),
+        inputs.weight.contiguous(memory_format=torch.channels_last), scale, shift, sweep.spec,
     )  # fmt: skip

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from kernels import GateSpec
+
 from .shapes import MODELS
 
 __all__ = [
@@ -49,9 +51,6 @@ QUICK_MODELS = ("r50",)
 QUICK_BATCHES = (8, 64)
 """Batches of the ``--quick`` preset."""
 
-BASE_LAYOUTS = ("first", "grouped")
-
-
 @dataclass(frozen=True)
 class Sweep:
     """Every parameter of one run (written into the JSON); the defaults are the full sweep.
@@ -68,10 +67,14 @@ class Sweep:
         seed: seed of every mask and input of the run.
         base_fraction: fraction of input channels in the gate's partial sum.
         base_layout: ``"first"`` or ``"grouped"`` base channels.
-        gate_group: output channels sharing one decision.
+        gate_group: output channels sharing one decision. These three are
+            flat here so the JSON and the command line keep their names;
+            ``spec`` is the :class:`kernels.GateSpec` that validates them.
 
     Raises:
-        ValueError: a value out of its range; the message names the field.
+        ValueError: a value out of its range; the message names the field
+            (``Sweep.<field>`` for the gate settings). ``TypeError`` for a
+            wrongly typed gate setting, as :class:`kernels.GateSpec`.
     """
 
     models: tuple[str, ...] = MODELS
@@ -81,9 +84,9 @@ class Sweep:
     warmup_ms: int = 25
     rep_ms: int = 100
     seed: int = 0
-    base_fraction: float = 0.25
-    base_layout: str = "first"
-    gate_group: int = 16
+    base_fraction: float = GateSpec.base_fraction
+    base_layout: str = GateSpec.base_layout
+    gate_group: int = GateSpec.gate_group
 
     def __post_init__(self) -> None:
         for name in ("models", "batches", "densities"):
@@ -96,12 +99,7 @@ class Sweep:
             raise ValueError("densities must be in (0, 1]")
         if self.warmup_ms < 0 or self.rep_ms < 1:
             raise ValueError(f"warmup_ms must be >= 0 and rep_ms >= 1, got {self.warmup_ms} and {self.rep_ms}")
-        if not 0.0 < self.base_fraction <= 1.0:
-            raise ValueError(f"base_fraction must be in (0, 1], got {self.base_fraction}")
-        if self.base_layout not in BASE_LAYOUTS:
-            raise ValueError(f"base_layout must be one of {BASE_LAYOUTS}, got {self.base_layout!r}")
-        if self.gate_group < 1:
-            raise ValueError(f"gate_group must be >= 1, got {self.gate_group}")
+        GateSpec.read(self)  # the gate settings' one rule; errors name Sweep.<field>
 
     @classmethod
     def preset(cls, quick: bool = False, **overrides: object) -> Sweep:
@@ -113,9 +111,10 @@ class Sweep:
         base = cls(quick=True, models=QUICK_MODELS, batches=QUICK_BATCHES) if quick else cls()
         return replace(base, **{name: value for name, value in overrides.items() if value is not None})
 
-    def gate_kwargs(self) -> dict[str, object]:
-        """``base_fraction``, ``base_layout`` and ``gate_group`` as keyword arguments of a gated call."""
-        return {"base_fraction": self.base_fraction, "base_layout": self.base_layout, "gate_group": self.gate_group}
+    @property
+    def spec(self) -> GateSpec:
+        """The gate settings as a :class:`kernels.GateSpec` (``spec.to_dict()``: keyword arguments of a gated call)."""
+        return GateSpec.read(self)
 
     @property
     def check_batch(self) -> int:

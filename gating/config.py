@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kernels.partition import BASE_LAYOUTS, chunk_count
+from kernels.spec import GateSpec
 
 
 @dataclass
@@ -23,6 +23,8 @@ class GateConfig:
             or ``"grouped"`` (block diagonal, ``p`` chunks).
         gate_group: output channels that share one decision per pixel
             (1 = the paper; 16 = default, matches tensor-core tiles).
+            These three are validated by, and read together as, ``spec``
+            (:class:`kernels.GateSpec`); their errors name ``GateConfig.<field>``.
         alpha: slope of the straight-through sigmoid surrogate.
         sparse_bp: zero the surrogate gradient where the gate is off.
         threshold_init: initial value of every learned threshold ``Δ``.
@@ -40,9 +42,9 @@ class GateConfig:
             component ``downsample`` or ``shortcut``).
     """
 
-    base_fraction: float = 0.25
-    base_layout: str = "first"
-    gate_group: int = 16
+    base_fraction: float = GateSpec.base_fraction
+    base_layout: str = GateSpec.base_layout
+    gate_group: int = GateSpec.gate_group
     alpha: float = 2.0
     sparse_bp: bool = False
     threshold_init: float = 0.0
@@ -58,16 +60,7 @@ class GateConfig:
     def __post_init__(self) -> None:
         self.include = tuple(self.include)
         self.exclude = tuple(self.exclude)
-        if not 0.0 < self.base_fraction <= 1.0:
-            raise ValueError(f"GateConfig.base_fraction must be in (0, 1], got {self.base_fraction!r}")
-        if self.base_layout not in BASE_LAYOUTS:
-            raise ValueError(f"GateConfig.base_layout must be one of {BASE_LAYOUTS}, got {self.base_layout!r}")
-        if self.base_layout == "grouped":
-            chunk_count(self.base_fraction)
-        if isinstance(self.gate_group, bool) or not isinstance(self.gate_group, int):
-            raise TypeError(f"GateConfig.gate_group must be an int, got {self.gate_group!r}")
-        if self.gate_group < 1:
-            raise ValueError(f"GateConfig.gate_group must be a positive int, got {self.gate_group!r}")
+        GateSpec.read(self)  # the gate settings' one rule; errors name GateConfig.<field>
         if self.alpha <= 0:
             raise ValueError(f"GateConfig.alpha must be > 0, got {self.alpha!r}")
         if self.threshold_weight < 0 or self.budget_weight < 0:
@@ -79,6 +72,11 @@ class GateConfig:
         overlap = set(self.include) & set(self.exclude)
         if overlap:
             raise ValueError(f"GateConfig: modules both included and excluded: {sorted(overlap)}")
+
+    @property
+    def spec(self) -> GateSpec:
+        """The :class:`kernels.GateSpec` of ``base_fraction``, ``base_layout`` and ``gate_group``."""
+        return GateSpec.read(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (lists for tuples), for JSON and checkpoints."""

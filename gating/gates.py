@@ -41,11 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import as_pair, conv_output_size
+from kernels import GateSpec, as_pair, conv_output_size
 from kernels.partition import (
     base_channels,
     base_mask,
-    check_partition,
     expand_groups,
     gate_group_count,
     group_sizes,
@@ -60,9 +59,11 @@ class ChannelGatedConv2d(nn.Module):
         in_channels, out_channels, kernel_size, stride, padding, dilation,
             bias: as ``nn.Conv2d`` (ints or ``(h, w)`` pairs of ints: kernel_size,
             stride and dilation >= 1, padding >= 0; zero padding only).
-        base_fraction: fraction ``1/p`` of input channels in the base path.
-        base_layout: ``"first"`` or ``"grouped"`` (see ``kernels.partition``).
-        gate_group: output channels sharing one decision per pixel.
+        spec: the gate settings (:class:`kernels.GateSpec`); default ``GateSpec()``.
+        base_fraction, base_layout, gate_group: the same settings one by one
+            (unset ones keep ``GateSpec``'s defaults); giving any of them
+            together with ``spec`` is a ``ValueError``. After construction all
+            three are read-only properties reading ``spec``.
         alpha: slope of the sigmoid surrogate for the straight-through gradient.
         sparse_bp: zero the surrogate gradient where the gate is off.
         threshold_init: initial value of the learned thresholds ``Δ``.
@@ -81,9 +82,10 @@ class ChannelGatedConv2d(nn.Module):
         dilation: int | tuple[int, int] = 1,
         bias: bool = False,
         *,
-        base_fraction: float = 0.25,
-        base_layout: str = "first",
-        gate_group: int = 16,
+        spec: GateSpec | None = None,
+        base_fraction: float | None = None,
+        base_layout: str | None = None,
+        gate_group: int | None = None,
         alpha: float = 2.0,
         sparse_bp: bool = False,
         threshold_init: float = 0.0,
@@ -98,11 +100,8 @@ class ChannelGatedConv2d(nn.Module):
         self.stride = as_pair(stride, "stride", 1)
         self.padding = as_pair(padding, "padding", 0)
         self.dilation = as_pair(dilation, "dilation", 1)
-        gate_group_count(self.out_channels, gate_group)  # TypeError / ValueError for a bad gate_group
-        check_partition(self.out_channels, self.in_channels, base_fraction, base_layout)
-        self.base_fraction = float(base_fraction)
-        self.base_layout = base_layout
-        self.gate_group = gate_group
+        self.spec = _gate_spec(spec, base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group)
+        self.spec.check(self.out_channels, self.in_channels)
         self.alpha = float(alpha)
         self.sparse_bp = bool(sparse_bp)
         self.layer_name = "ChannelGatedConv2d"
@@ -112,7 +111,7 @@ class ChannelGatedConv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.gate_bn = nn.BatchNorm2d(out_channels, affine=False, **factory)
         self.threshold = nn.Parameter(torch.full((out_channels,), float(threshold_init), **factory))
-        mask = base_mask(out_channels, in_channels, self.base_fraction, base_layout, device=device)
+        mask = base_mask(out_channels, in_channels, self.base_fraction, self.base_layout, device=device)
         self.register_buffer("base_mask", mask, persistent=False)
         self.num_groups = gate_group_count(out_channels, self.gate_group)
         # Conditional MACs per output position of each gate group, normalised to
@@ -139,9 +138,27 @@ class ChannelGatedConv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    @property
+    def base_fraction(self) -> float:
+        """``spec.base_fraction``: fraction of input channels in the base path (read-only)."""
+        return self.spec.base_fraction
+
+    @property
+    def base_layout(self) -> str:
+        """``spec.base_layout``: ``"first"`` or ``"grouped"`` (read-only)."""
+        return self.spec.base_layout
+
+    @property
+    def gate_group(self) -> int:
+        """``spec.gate_group``: output channels sharing one decision per pixel (read-only)."""
+        return self.spec.gate_group
+
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **gate_kwargs: Any) -> "ChannelGatedConv2d":
         """Build a gated conv holding a copy of ``conv``'s weight and bias.
+
+        ``gate_kwargs`` are the keyword arguments of the constructor (``spec=``
+        or the settings one by one, ``alpha``, ``sparse_bp``, ...).
 
         Raises ``NotImplementedError`` for convs this gate cannot represent
         (groups > 1, transposed, non-zero padding modes, string padding).
@@ -172,9 +189,7 @@ class ChannelGatedConv2d(nn.Module):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"bias={self.bias is not None}, base_fraction={self.base_fraction}, "
-            f"base_layout={self.base_layout!r}, gate_group={self.gate_group}, "
-            f"alpha={self.alpha}, sparse_bp={self.sparse_bp}"
+            f"bias={self.bias is not None}, spec={self.spec}, alpha={self.alpha}, sparse_bp={self.sparse_bp}"
         )
 
     # ----------------------------------------------------------------- forward
@@ -265,6 +280,26 @@ class ChannelGatedConv2d(nn.Module):
         if self.last_decisions is None:
             raise RuntimeError(f"{self.layer_name}: no forward has run yet")
         return float(self.last_decisions.float().mean()) if self.last_decisions.numel() else 0.0
+
+
+def _gate_spec(spec: GateSpec | None, **settings: Any) -> GateSpec:
+    """``spec``, or the :class:`GateSpec` of the settings given one by one (``None`` = not given).
+
+    ``TypeError`` for a ``spec`` that is not a ``GateSpec``; ``ValueError`` when
+    both a spec and a setting are given; a bad setting raises as ``GateSpec``
+    does, naming ``ChannelGatedConv2d.<field>``.
+    """
+    given = {name: value for name, value in settings.items() if value is not None}
+    if spec is None:
+        return GateSpec.of("ChannelGatedConv2d", **given)
+    if not isinstance(spec, GateSpec):
+        raise TypeError(f"ChannelGatedConv2d: spec must be a kernels.GateSpec, got {type(spec).__name__}")
+    if given:
+        raise ValueError(
+            f"ChannelGatedConv2d: give the gate settings either as spec= or one by one, not both "
+            f"(got spec={spec} and {', '.join(f'{k}={v!r}' for k, v in given.items())})"
+        )
+    return spec
 
 
 def _check_channels(in_channels: object, out_channels: object) -> None:

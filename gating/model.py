@@ -134,9 +134,7 @@ class GatedModel(nn.Module):
         try:
             gated = ChannelGatedConv2d.from_conv(
                 getattr(parent, child),
-                base_fraction=cfg.base_fraction,
-                base_layout=cfg.base_layout,
-                gate_group=cfg.gate_group,
+                spec=cfg.spec,
                 alpha=cfg.alpha,
                 sparse_bp=cfg.sparse_bp,
                 threshold_init=cfg.threshold_init,

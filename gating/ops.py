@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels import PackedWeight, conv2d, gated_conv2d, pack_weight
+from kernels import GateSpec, PackedWeight, conv2d, gated_conv2d, pack_weight
 
 from .gates import ChannelGatedConv2d
 
@@ -48,7 +48,9 @@ class FoldedGatedConv:
     """Everything the gated kernel needs for one layer, folded at build time.
 
     ``weight`` is packed once; ``gate_scale``, ``gate_shift``, ``scale``,
-    ``shift`` are ``[C_out]`` in float32 (float64 for a float64 layer).
+    ``shift`` are ``[C_out]`` in float32 (float64 for a float64 layer);
+    ``spec`` is the layer's :class:`kernels.GateSpec`; ``stride``,
+    ``padding``, ``dilation`` are ``(h, w)`` int pairs.
     """
 
     weight: PackedWeight
@@ -56,18 +58,15 @@ class FoldedGatedConv:
     gate_shift: torch.Tensor
     scale: torch.Tensor
     shift: torch.Tensor
-    base_fraction: float
-    base_layout: str
-    gate_group: int
+    spec: GateSpec
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
 
     def kernel_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``gated_conv2d`` after its four tensors: the spec expanded, geometry, scale/shift."""
         return {
-            "base_fraction": self.base_fraction,
-            "base_layout": self.base_layout,
-            "gate_group": self.gate_group,
+            **self.spec.to_dict(),
             "stride": self.stride,
             "padding": self.padding,
             "dilation": self.dilation,
@@ -118,9 +117,7 @@ def fold_gated_conv(
         gate_shift=gate_shift.contiguous(),
         scale=scale.contiguous(),
         shift=shift.contiguous(),
-        base_fraction=layer.base_fraction,
-        base_layout=layer.base_layout,
-        gate_group=layer.gate_group,
+        spec=layer.spec,
         stride=layer.stride,
         padding=layer.padding,
         dilation=layer.dilation,
@@ -141,14 +138,17 @@ class GatedConvInference(nn.Module):
     """
 
     _TENSORS = ("gate_scale", "gate_shift", "scale", "shift")
-    _CONFIG = ("base_fraction", "base_layout", "gate_group", "stride", "padding", "dilation")
+    _GEOMETRY = ("stride", "padding", "dilation")
 
     def __init__(self, folded: FoldedGatedConv, relu: bool = False, name: str = "GatedConvInference") -> None:
         super().__init__()
         self.register_buffer("packed_weight", folded.weight.data, persistent=False)
         for field in self._TENSORS:
             self.register_buffer(field, getattr(folded, field), persistent=False)
-        self.config = {field: getattr(folded, field) for field in self._CONFIG}
+        self.spec = folded.spec
+        self.geometry = {field: getattr(folded, field) for field in self._GEOMETRY}
+        # The op's non-tensor arguments, the spec expanded once (the op takes plain values).
+        self.config = self.spec.to_dict() | self.geometry
         self.relu = relu
         self.layer_name = name
         self.last_decisions: torch.Tensor | None = None
@@ -157,7 +157,7 @@ class GatedConvInference(nn.Module):
     def folded(self) -> FoldedGatedConv:
         """The folded arguments, from the current buffers."""
         tensors = {field: getattr(self, field) for field in self._TENSORS}
-        return FoldedGatedConv(weight=PackedWeight(self.packed_weight), **tensors, **self.config)
+        return FoldedGatedConv(weight=PackedWeight(self.packed_weight), spec=self.spec, **tensors, **self.geometry)
 
     @classmethod
     def from_gated(

@@ -8,6 +8,8 @@
 * :mod:`kernels.library`: the op registrations (reference on CPU, Triton on
   CUDA, fake implementations, FLOP formulas; ``docs/design.md#registered-ops``).
 * :mod:`kernels.reference`: the PyTorch spec of both, on any device and dtype.
+* :class:`GateSpec`: the three gate settings (``base_fraction``, ``base_layout``,
+  ``gate_group``), defined and validated once (:mod:`kernels.spec`);
 * :mod:`kernels.partition`: base layouts and gate groups (shared with ``gating``);
   :mod:`kernels.work`: the gated MAC rule (shared with ``gating.accounting``).
 * :func:`conv_output_size`, :func:`conv_input_span`, :func:`as_pair`: the one
@@ -34,6 +36,7 @@ from .partition import (
     group_sum,
 )
 from .reference import conv2d_reference, gated_conv2d_reference
+from .spec import GateSpec
 from .work import COUNTER_FIELDS, GatedConvStats, gated_mac_terms
 
 if TRITON_AVAILABLE:
@@ -50,6 +53,7 @@ __all__ = [
     "conv2d_op",
     "gated_conv2d",
     "gated_conv2d_op",
+    "GateSpec",
     "GatedConvStats",
     "COUNTER_FIELDS",
     "gated_mac_terms",

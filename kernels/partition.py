@@ -5,7 +5,9 @@ output channel, and *which* output channels share one gate decision, reads it
 from here (see ``docs/design.md#partial-sum-gate`` and
 ``docs/design.md#decisions-layout``). Pure PyTorch; no Triton. The checks and
 sizes (:func:`check_partition`, :func:`base_sizes`) build no tensors, so the
-registered ops' fake implementations can use them.
+registered ops' fake implementations can use them. :func:`check_fraction`,
+:func:`check_layout` and :func:`check_gate_group` are the rules of the three
+gate settings; :class:`kernels.spec.GateSpec` holds the settings and applies them.
 
 Base layouts (``base_fraction = 1/p``):
 
@@ -29,11 +31,31 @@ import torch
 BASE_LAYOUTS = ("first", "grouped")
 
 
-def _check_fraction(base_fraction: float) -> None:
+def check_fraction(base_fraction: float, name: str = "base_fraction") -> None:
+    """``TypeError`` unless ``base_fraction`` is a real number (bool excluded), ``ValueError`` unless in (0, 1].
+
+    ``name`` is the argument the messages name (e.g. ``"GateSpec.base_fraction"``).
+    """
     if isinstance(base_fraction, bool) or not isinstance(base_fraction, (int, float)):
-        raise TypeError(f"base_fraction must be a float, got {type(base_fraction).__name__}")
+        raise TypeError(f"{name} must be a float, got {base_fraction!r} ({type(base_fraction).__name__})")
     if not (0.0 < float(base_fraction) <= 1.0):
-        raise ValueError(f"base_fraction must be in (0, 1], got {base_fraction!r}")
+        raise ValueError(f"{name} must be in (0, 1], got {base_fraction!r}")
+
+
+def check_layout(base_layout: str, name: str = "base_layout") -> None:
+    """``TypeError`` unless ``base_layout`` is a str, ``ValueError`` unless it is one of :data:`BASE_LAYOUTS`."""
+    if not isinstance(base_layout, str):
+        raise TypeError(f"{name} must be a str, got {base_layout!r} ({type(base_layout).__name__})")
+    if base_layout not in BASE_LAYOUTS:
+        raise ValueError(f"{name} must be one of {BASE_LAYOUTS}, got {base_layout!r}")
+
+
+def check_gate_group(gate_group: int, name: str = "gate_group") -> None:
+    """``TypeError`` unless ``gate_group`` is an int (bool excluded), ``ValueError`` unless it is >= 1."""
+    if isinstance(gate_group, bool) or not isinstance(gate_group, int):
+        raise TypeError(f"{name} must be an int, got {gate_group!r} ({type(gate_group).__name__})")
+    if gate_group < 1:
+        raise ValueError(f"{name} must be a positive int, got {gate_group!r}")
 
 
 def base_channels(in_channels: int, base_fraction: float) -> int:
@@ -42,21 +64,20 @@ def base_channels(in_channels: int, base_fraction: float) -> int:
     ``max(1, round(in_channels * base_fraction))``, so every output has a
     non-empty base path.
     """
-    _check_fraction(base_fraction)
+    check_fraction(base_fraction)
     return max(1, min(in_channels, int(round(in_channels * base_fraction))))
 
 
-def chunk_count(base_fraction: float) -> int:
+def chunk_count(base_fraction: float, name: str = "base_fraction") -> int:
     """Number of block-diagonal chunks ``p = 1/base_fraction`` of ``"grouped"``.
 
-    Raises ``ValueError`` if ``1/base_fraction`` is not (close to) an integer.
+    Raises like :func:`check_fraction`, and ``ValueError`` if ``1/base_fraction``
+    is not (close to) an integer; the messages name ``name``.
     """
-    _check_fraction(base_fraction)
+    check_fraction(base_fraction, name)
     p = round(1.0 / base_fraction)
     if abs(p * base_fraction - 1.0) > 1e-6:
-        raise ValueError(
-            f"base_layout='grouped' needs base_fraction = 1/p for an integer p, got {base_fraction!r}"
-        )
+        raise ValueError(f"base_layout='grouped' needs {name} = 1/p for an integer p, got {base_fraction!r}")
     return int(p)
 
 
@@ -73,12 +94,9 @@ def check_partition(out_channels: int, in_channels: int, base_fraction: float, l
     ``"grouped"`` layout whose ``p = 1/base_fraction`` is not an integer no
     larger than ``in_channels`` and ``out_channels``. Builds no tensors.
     """
-    if not isinstance(layout, str):
-        raise TypeError(f"base_layout must be a str, got {type(layout).__name__}")
-    if layout not in BASE_LAYOUTS:
-        raise ValueError(f"base_layout must be one of {BASE_LAYOUTS}, got {layout!r}")
+    check_layout(layout)
     if layout == "first":
-        _check_fraction(base_fraction)
+        check_fraction(base_fraction)
         return
     p = chunk_count(base_fraction)
     if p > in_channels or p > out_channels:
@@ -131,10 +149,7 @@ def gate_group_count(out_channels: int, gate_group: int) -> int:
     ``TypeError`` for a gate_group that is not an int (bool included),
     ``ValueError`` for one below 1.
     """
-    if isinstance(gate_group, bool) or not isinstance(gate_group, int):
-        raise TypeError(f"gate_group must be an int, got {type(gate_group).__name__}")
-    if gate_group < 1:
-        raise ValueError(f"gate_group must be >= 1, got {gate_group!r}")
+    check_gate_group(gate_group)
     return math.ceil(out_channels / gate_group)
 
 
