@@ -26,8 +26,9 @@ def calibrate(model: nn.Module, inputs: torch.Tensor, target_flops_ratio: float)
 
     ``inputs`` is a representative batch ``[N, C, H, W]``. First every gate
     BatchNorm's running statistics are set to the cumulative average over
-    ``inputs`` (gates open). Then, layer by layer in forward order (so each
-    layer sees the inputs its calibrated predecessors give it), every
+    ``inputs`` (gates open). Then, in one eval-mode forward, layer by layer
+    in forward order (so each layer sees the inputs its calibrated
+    predecessors give it), every
     threshold of gate group ``j`` is set to the ``1 - density`` quantile of
     that group's eval-mode gate statistic, where ``density`` is
     ``model.uniform_density(target_flops_ratio)``. Returns that density. The
@@ -52,36 +53,42 @@ def calibrate(model: nn.Module, inputs: torch.Tensor, target_flops_ratio: float)
         for layer, momentum in zip(layers, momenta):
             layer.gate_bn.momentum = momentum
         model.eval()
-        for layer in layers:
-            layer.threshold.zero_()
-            statistic = _capture_gate_statistic(model, layer, inputs)  # [N, G, OH, OW] at Δ = 0
-            per_group = statistic.transpose(0, 1).flatten(1).float()
-            if density < 1.0:
-                thresholds = torch.quantile(per_group, 1.0 - density, dim=1)
-            else:  # every decision on: below the smallest statistic
-                thresholds = per_group.min(dim=1).values - 1.0
-            per_channel = expand_groups(thresholds.view(1, -1, 1, 1), layer.out_channels, layer.gate_group)
-            layer.threshold.copy_(per_channel.view(-1))
+        _set_quantile_thresholds(model, layers, inputs, density)
     finally:
         model.train(was_training)
     return density
 
 
-def _capture_gate_statistic(
-    model: nn.Module, layer: ChannelGatedConv2d, inputs: torch.Tensor
-) -> torch.Tensor:
-    """Run ``model(inputs)`` and return ``layer``'s gate statistic ``z`` of that forward."""
-    captured: list[torch.Tensor] = []
+def _set_quantile_thresholds(
+    model: nn.Module, layers: list[ChannelGatedConv2d], inputs: torch.Tensor, density: float
+) -> None:
+    """One eval-mode forward of ``inputs`` that sets each layer's thresholds just before the layer runs.
 
-    def hook(module: ChannelGatedConv2d, args: tuple) -> None:
-        captured.append(module.gate_statistic(module.partial_sums(args[0])[0]))
+    A forward pre-hook computes the layer's gate statistic at ``Δ = 0`` from
+    the input it receives (produced by the layers before it, already
+    calibrated in this same pass) and sets every threshold of gate group
+    ``j`` to the ``1 - density`` quantile of group ``j``'s statistic; the
+    layer then runs with them. Equal to calibrating the layers one full
+    forward each, in forward order, at the cost of one forward.
+    """
 
-    handle = layer.register_forward_pre_hook(hook)
+    def hook(layer: ChannelGatedConv2d, args: tuple) -> None:
+        layer.threshold.zero_()
+        statistic = layer.gate_statistic(layer.partial_sums(args[0])[0])  # [N, G, OH, OW] at Δ = 0
+        per_group = statistic.transpose(0, 1).flatten(1).float()
+        if density < 1.0:
+            thresholds = torch.quantile(per_group, 1.0 - density, dim=1)
+        else:  # every decision on: below the smallest statistic
+            thresholds = per_group.min(dim=1).values - 1.0
+        per_channel = expand_groups(thresholds.view(1, -1, 1, 1), layer.out_channels, layer.gate_group)
+        layer.threshold.copy_(per_channel.view(-1))
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:
         model(inputs)
     finally:
-        handle.remove()
-    return captured[0]
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
