@@ -130,9 +130,8 @@ def test_shapes_add_up_to_the_network_conv_flops(model: str, distinct: int, laye
         net(torch.empty(1, 3, 224, 224, device="meta"))
     conv_macs = counter.get_flop_counts()["Global"][torch.ops.aten.convolution] // 2
     stem = dense_count("conv1", net.conv1, torch.Size((1, 3, 224, 224)), torch.Size((1, 64, 112, 112)), 2)
-    gate = (SWEEP.base_fraction, SWEEP.base_layout, SWEEP.gate_group)
     counted = sum(
-        s.count * dense_count(s.name, gated_module(s, *gate), s.input_shape(1), s.output_shape(1), 2).macs_dense
+        s.count * dense_count(s.name, gated_module(s, SWEEP.spec), s.input_shape(1), s.output_shape(1), 2).macs_dense
         for s in shapes
     )
     assert counted + stem.macs_dense == conv_macs

@@ -79,7 +79,7 @@ class _FakeCase:
     """Stands in for ``benchmarks.cases.ConvCase`` on CPU: no conv, the case's intended decisions."""
 
     def __init__(self, sweep: Sweep, shape: ConvShape, batch: int, density: float) -> None:
-        groups = gated_module(shape, sweep.base_fraction, sweep.base_layout, sweep.gate_group).num_groups
+        groups = gated_module(shape, sweep.spec).num_groups
         self.inputs = _Inputs(group_decisions(case_mask(sweep, shape, batch, density), groups))
 
     def cudnn(self) -> str:

@@ -52,7 +52,7 @@ def case_mask(sweep: Sweep, shape: ConvShape, batch: int, density: float) -> tor
 
 def count_case(sweep: Sweep, shape: ConvShape, batch: int, decisions: torch.Tensor) -> LayerCount:
     """``gating.accounting`` counts of one gated call of ``shape`` with bool ``decisions`` ``[N, G, OH, OW]``."""
-    module = gated_module(shape, sweep.base_fraction, sweep.base_layout, sweep.gate_group)
+    module = gated_module(shape, sweep.spec)
     return gated_count(
         shape.name, module, shape.input_shape(batch), shape.output_shape(batch), ELEM_SIZE, decisions.cpu()
     )
@@ -74,7 +74,7 @@ def count_fields(count: LayerCount) -> dict[str, object]:
 
 def dense_fields(sweep: Sweep, shape: ConvShape, batch: int) -> dict[str, int]:
     """``macs_dense`` and ``bytes_dense`` of the plain conv of (shape, batch): the work of a dense run."""
-    module = gated_module(shape, sweep.base_fraction, sweep.base_layout, sweep.gate_group)
+    module = gated_module(shape, sweep.spec)
     count = dense_count(shape.name, module, shape.input_shape(batch), shape.output_shape(batch), ELEM_SIZE)
     return {"macs_dense": count.macs_dense, "bytes_dense": count.bytes_dense}
 
@@ -88,7 +88,7 @@ def count_records(sweep: Sweep, shapes: Sequence[ConvShape]) -> list[dict[str, o
     """Counts of every (shape, batch, density) from the masks themselves (no conv is run)."""
     records = []
     for shape in shapes:
-        groups = gated_module(shape, sweep.base_fraction, sweep.base_layout, sweep.gate_group).num_groups
+        groups = gated_module(shape, sweep.spec).num_groups
         for batch in sweep.batches:
             for density in sweep.densities:
                 decisions = group_decisions(case_mask(sweep, shape, batch, density), groups)

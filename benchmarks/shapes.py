@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from gating import ChannelGatedConv2d
-from kernels import conv_output_size
+from kernels import GateSpec, conv_output_size
 
 MODELS = ("r18", "r50")
 INPUT_SIZE = 224
@@ -158,8 +158,11 @@ def select_shapes(models: list[str] | tuple[str, ...], quick: bool) -> list[Conv
 
 
 @functools.lru_cache(maxsize=None)
-def gated_module(shape: ConvShape, base_fraction: float, base_layout: str, gate_group: int) -> ChannelGatedConv2d:
-    """The bfloat16 ``ChannelGatedConv2d`` of ``shape`` on CPU, for ``gating.accounting`` (cached)."""
+def gated_module(shape: ConvShape, spec: GateSpec) -> ChannelGatedConv2d:
+    """The bfloat16 ``ChannelGatedConv2d`` of ``shape`` with gate settings ``spec``, on CPU.
+
+    For ``gating.accounting``'s counts; cached (``GateSpec`` is hashable).
+    """
     return ChannelGatedConv2d(
         shape.in_channels,
         shape.out_channels,
@@ -167,8 +170,6 @@ def gated_module(shape: ConvShape, base_fraction: float, base_layout: str, gate_
         shape.stride,
         shape.padding,
         shape.dilation,
-        base_fraction=base_fraction,
-        base_layout=base_layout,
-        gate_group=gate_group,
+        spec=spec,
         dtype=torch.bfloat16,
     ).eval()
