@@ -32,9 +32,10 @@ def test_demo_reaches_accuracy_and_mac_reduction(tmp_path):
 
 def test_cli_maps_flags_to_the_demo_config(tmp_path):
     args = build_parser().parse_args(["demo", "--out", str(tmp_path), "--student-lr", "0.03",
-                                      "--feature-kd-weight", "2", "--no-progress", "--resume"])
+                                      "--feature-kd-weight", "2", "--student-batch-size", "16", "--no-progress", "--resume"])
     config = demo_config(args)
-    assert config == DemoConfig(out=tmp_path, student_lr=0.03, feature_kd_weight=2.0, progress=False, resume=True)
+    assert config == DemoConfig(out=tmp_path, student_lr=0.03, feature_kd_weight=2.0, student_batch_size=16,
+                                progress=False, resume=True)
     assert demo_config(build_parser().parse_args(["demo"])) == DemoConfig()
 
 
@@ -46,7 +47,9 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--feature-kd-weight must be a finite number >= 0"):
         main(["demo", "--out", str(tmp_path), "--feature-kd-weight", "-1"])
     with pytest.raises(SystemExit, match=r"--budget-ramp-epochs must be a number in \[0, epochs=4\]"):
-        main(["demo", "--out", str(tmp_path), "--budget-ramp-epochs", "6"])
+        main(["demo", "--out", str(tmp_path), "--student-epochs", "4", "--budget-ramp-epochs", "6"])
+    with pytest.raises(SystemExit, match="--student-batch-size must be an int >= 1"):
+        main(["demo", "--out", str(tmp_path), "--student-batch-size", "0"])
     with pytest.raises(SystemExit):
         main(["nonsense"])
     assert "invalid choice" in capsys.readouterr().err

@@ -244,6 +244,19 @@ def test_distillation_learns_the_toy_problem_and_keeps_teacher_frozen():
     _assert_same_state(teacher_before, teacher.state_dict())
 
 
+def test_eval_every_none_trains_the_same_without_evaluating():
+    train_loader, test_loader = _loaders()
+    torch.manual_seed(0)
+    evaluated = Trainer(MLP(), train_loader, test_loader, _config(eval_every=3))  # only after the last epoch
+    assert "accuracy" in evaluated.fit()[-1]
+    torch.manual_seed(0)
+    silent = Trainer(MLP(), train_loader, test_loader, _config(eval_every=None))
+    silent.evaluate = lambda *args: pytest.fail("evaluate() ran with eval_every=None")
+    history = silent.fit()
+    assert history == [{"epoch": 3, "global_step": 3 * len(train_loader), "lr": 0.0}]
+    _assert_same_state(evaluated.student.state_dict(), silent.student.state_dict())
+
+
 def test_nearest_center_teacher_is_accurate():
     train_loader, test_loader = _loaders()
     trainer = Trainer(_nearest_center_teacher(), train_loader, test_loader, _config())

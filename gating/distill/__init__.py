@@ -12,7 +12,8 @@ fit after the last epoch (:func:`recalibrate_batchnorm`,
 each of its parts measured, is in ``docs/design.md#training-recipe``.
 
 Modules: :mod:`.config` (``TrainConfig``), :mod:`.losses`, :mod:`.schedules`,
-:mod:`.batchnorm`, :mod:`.trainer` (``Trainer``), :mod:`.resume`
+:mod:`.batchnorm`, :mod:`.evaluation` (:func:`evaluate_classifier`),
+:mod:`.features`, :mod:`.trainer` (``Trainer``), :mod:`.resume`
 (checkpoints).
 
 Student protocol (duck-typed, every member optional; ``GatedModel``
@@ -52,6 +53,7 @@ again (cheap for in-memory data, one partial epoch of loading otherwise).
 
 from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig
+from .evaluation import evaluate_classifier
 from .losses import feature_kd_loss, kd_loss
 from .schedules import budget_target, cosine_lr_factor
 from .trainer import Trainer, TrainingDivergedError
@@ -62,6 +64,7 @@ __all__ = [
     "TrainingDivergedError",
     "budget_target",
     "cosine_lr_factor",
+    "evaluate_classifier",
     "feature_kd_loss",
     "kd_loss",
     "recalibrate_batchnorm",

@@ -32,7 +32,9 @@ class TrainConfig:
         warmup_epochs: epochs of linear LR warmup before the cosine decay
             (0 <= warmup_epochs < epochs).
         eval_every: evaluate every this many epochs (>= 1); the last epoch is
-            always evaluated.
+            always evaluated. ``None``: never evaluate (the caller measures
+            the trained model itself); the last epoch still adds a history
+            record, without metrics.
         checkpoint_every: also checkpoint every this many global steps (>= 0;
             0 = only at epoch ends). Needs the trainer's ``checkpoint_path``.
         seed: ``torch.manual_seed`` / ``random.seed`` at the start of ``fit``.
@@ -73,7 +75,7 @@ class TrainConfig:
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
     warmup_epochs: int = 0
-    eval_every: int = 1
+    eval_every: int | None = 1
     checkpoint_every: int = 0
     seed: int = 0
     device: str | None = None
@@ -117,7 +119,10 @@ class TrainConfig:
             self.warmup_epochs,
         )
         _require(
-            is_int(self.eval_every) and self.eval_every >= 1, "eval_every", "an int >= 1", self.eval_every
+            self.eval_every is None or (is_int(self.eval_every) and self.eval_every >= 1),
+            "eval_every",
+            "None or an int >= 1",
+            self.eval_every,
         )
         _require(
             is_int(self.checkpoint_every) and self.checkpoint_every >= 0,

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import SGD
 from torch.optim.lr_scheduler import LambdaLR
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from ..io import capture_rng_state, restore_rng_state
 from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig, is_int, resolve_amp, resolve_device
+from .evaluation import evaluate_classifier
 from .features import FeatureTaps
 from .losses import kd_loss
 from .resume import load_trainer_checkpoint, save_trainer_checkpoint
@@ -154,25 +154,15 @@ class Trainer:
         return [dict(record) for record in self.history]
 
     def evaluate(self, loader: DataLoader | None = None) -> dict[str, float]:
-        """Evaluate the student on ``loader`` (default: the test loader).
+        """Evaluate the student on ``loader`` (default: the test loader); see :func:`evaluate_classifier`.
 
-        Runs in ``eval()`` mode under ``torch.no_grad()`` and restores the
-        student's previous mode. Returns ``loss`` (mean cross-entropy),
-        ``accuracy`` in percent (0..100) and, when the student has
-        ``executed_macs_ratio()``, ``macs_ratio``: its mean over the batches
-        weighted by batch size.
-
-        Raises:
-            ValueError: the loader yields no samples.
+        Returns ``loss`` (mean cross-entropy), ``accuracy`` in percent
+        (0..100) and, when the student has ``executed_macs_ratio()``,
+        ``macs_ratio`` (batch-size weighted mean). The student's mode is
+        restored. ``ValueError`` when the loader yields no samples.
         """
         loader = self.test_loader if loader is None else loader
-        was_training = self.student.training
-        self.student.eval()
-        try:
-            with torch.no_grad():
-                return self._evaluate(loader)
-        finally:
-            self.student.train(was_training)
+        return evaluate_classifier(self.student, loader, self.device, self.amp)
 
     def recalibrate_batchnorm(self) -> int:
         """Re-estimate the student's BatchNorm statistics on ``config.bn_recalibration_batches`` batches.
@@ -347,18 +337,20 @@ class Trainer:
         return every > 0 and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch
 
     def _finish_epoch(self) -> None:
-        """Count the epoch, re-estimate BatchNorm after the last one, evaluate when due, checkpoint."""
+        """Count the epoch, finalize after the last one, evaluate when due, record, checkpoint."""
         self.epoch += 1
         self.step_in_epoch = 0
         last = self.epoch == self.config.epochs
         finishing = self._finalize_student() if last else {}
-        if self.epoch % self.config.eval_every == 0 or last:
+        every = self.config.eval_every
+        evaluate = every is not None and (self.epoch % every == 0 or last)
+        if evaluate or last:
             record = {
                 "epoch": self.epoch,
                 "global_step": self.global_step,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 **finishing,
-                **self.evaluate(),
+                **(self.evaluate() if evaluate else {}),
             }
             self.history.append(record)
             logger.info("epoch %d: %s", self.epoch, record)
@@ -378,29 +370,6 @@ class Trainer:
         if self.config.bn_recalibration_batches > 0:
             self.recalibrate_batchnorm()
         return {"budget_fit_offset": offset}
-
-    # -------------------------------------------------------------- evaluation
-
-    def _evaluate(self, loader: DataLoader) -> dict[str, float]:
-        loss_sum, correct, seen, macs_sum = 0.0, 0, 0, 0.0
-        macs_ratio = getattr(self.student, "executed_macs_ratio", None)
-        for inputs, targets in loader:
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.student(inputs)
-            batch = len(targets)
-            loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
-            correct += int((logits.argmax(dim=1) == targets).sum())
-            seen += batch
-            if macs_ratio is not None:
-                macs_sum += float(macs_ratio()) * batch
-        if seen == 0:
-            raise ValueError("evaluation loader yielded no samples")
-        metrics = {"loss": loss_sum / seen, "accuracy": 100.0 * correct / seen}
-        if macs_ratio is not None:
-            metrics["macs_ratio"] = macs_sum / seen
-        return metrics
 
 
 def _freeze(teacher: nn.Module) -> nn.Module:
