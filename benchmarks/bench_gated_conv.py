@@ -110,14 +110,17 @@ def test_measured_density_is_target_up_to_one_pixel(counts: dict) -> None:
 
 def test_network_totals_weight_shapes_by_layer_count() -> None:
     records = [
-        {"model": "r18", "batch": 1, "target_density": 0.5, "layers": layers, "macs_dense": 10, "macs_executed": 5,
-         "bytes_dense": 8, "bytes_executed": 6}
+        {"model": "r18", "mask_source": "blob", "batch": 1, "target_density": 0.5, "layers": layers,
+         "macs_dense": 10, "macs_executed": 5, "bytes_dense": 8, "bytes_executed": 6, "conditional_macs": 4,
+         "kernel_conditional_macs": 6}
         for layers in (1, 3)
     ]  # fmt: skip
     (total,) = network_totals(records)
-    fields = ("macs_dense", "macs_executed", "bytes_dense", "bytes_executed")
-    assert [total[f] for f in fields] == [40, 20, 32, 24]
-    assert total["ideal_speedup"] == 2.0
+    fields = ("macs_dense", "macs_executed", "bytes_dense", "bytes_executed", "conditional_macs")
+    assert [total[f] for f in fields] == [40, 20, 32, 24, 16]
+    assert total["ideal_speedup"] == 2.0 and total["kernel_overhead"] == 1.5
+    real = [{**records[0], "mask_source": "real", "target_density": None}]
+    assert [t["mask_source"] for t in network_totals(records + real)] == ["blob", "real"]
 
 
 # -------------------------------------------------------------------- shapes

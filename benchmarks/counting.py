@@ -32,7 +32,9 @@ __all__ = [
     "network_totals",
 ]
 
-TOTALLED_FIELDS = ("macs_dense", "macs_executed", "bytes_dense", "bytes_executed")
+TOTALLED_FIELDS = (
+    "macs_dense", "macs_executed", "bytes_dense", "bytes_executed", "conditional_macs", "kernel_conditional_macs",
+)  # fmt: skip
 """Fields of a count record that :func:`network_totals` adds up over layers."""
 
 
@@ -69,6 +71,9 @@ def count_fields(count: LayerCount) -> dict[str, object]:
         "bytes_executed": count.bytes_executed,
         "ideal_speedup": count.macs_dense / count.macs_executed,
         "ideal_bytes_speedup": count.bytes_dense / count.bytes_executed,
+        "conditional_macs": count.conditional_macs,
+        "kernel_conditional_macs": count.kernel_conditional_macs,
+        "kernel_overhead": count.kernel_overhead,
     }
 
 
@@ -93,23 +98,30 @@ def count_records(sweep: Sweep, shapes: Sequence[ConvShape]) -> list[dict[str, o
             for density in sweep.densities:
                 decisions = group_decisions(case_mask(sweep, shape, batch, density), groups)
                 count = count_case(sweep, shape, batch, decisions)
-                records.append({**case_key(shape, batch), "target_density": density, **count_fields(count)})
+                records.append(
+                    {**case_key(shape, batch), "mask_source": "blob", "target_density": density, **count_fields(count)}
+                )
     return records
 
 
 def network_totals(records: Iterable[dict[str, object]]) -> list[dict[str, object]]:
-    """Per (model, batch, density): MACs and bytes of the counted layers of the whole network.
+    """Per (model, mask source, batch, density): MACs and bytes of the counted layers of the whole network.
+
+    ``kernel_overhead`` is the gated Triton kernel's conditional MACs over the
+    exact conditional MACs (``None`` when nothing conditional ran).
 
     Each shape's counts are weighted by how many layers have it (the 7x7 stem
     and the classifier are not included).
     """
     totals: dict[tuple[object, ...], dict[str, object]] = {}
     for rec in records:
-        key = {name: rec[name] for name in ("model", "batch", "target_density")}
+        key = {name: rec[name] for name in ("model", "mask_source", "batch", "target_density")}
         total = totals.setdefault(tuple(key.values()), key | dict.fromkeys(TOTALLED_FIELDS, 0))
         for field in TOTALLED_FIELDS:
             total[field] += rec["layers"] * rec[field]
     for total in totals.values():
         total["ideal_speedup"] = total["macs_dense"] / total["macs_executed"]
         total["ideal_bytes_speedup"] = total["bytes_dense"] / total["bytes_executed"]
+        exact = total["conditional_macs"]
+        total["kernel_overhead"] = total["kernel_conditional_macs"] / exact if exact else None
     return list(totals.values())

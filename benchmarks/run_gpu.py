@@ -93,6 +93,7 @@ from kernels.partition import BASE_LAYOUTS
 
 from .checks import failures
 from .counting import count_records, network_totals
+from .recorded import load_decisions, recorded_records
 from .report import default_out, environment, print_rates, print_summary, print_totals, summarize
 from .shapes import MODELS, QUICK_MIN_COUNT, select_shapes
 from .sweep import Sweep
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-fraction", type=float, default=full.base_fraction, help="default: %(default)s")
     parser.add_argument("--base-layout", choices=BASE_LAYOUTS, default=full.base_layout, help="default: %(default)s")
     parser.add_argument("--gate-group", type=int, default=full.gate_group, help="default: %(default)s")
+    parser.add_argument(
+        "--decisions", nargs="+", type=Path, default=[], metavar="FILE",
+        help="with --count-only: also count these recorded real decisions (python -m benchmarks.record_decisions)",
+    )  # fmt: skip
     return parser
 
 
@@ -160,11 +165,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         sweep_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.decisions and not args.count_only:
+        parser.error("--decisions needs --count-only (timing on recorded decisions is not implemented yet)")
     return args
 
 
-def run(sweep: Sweep, count_only: bool, out: Path | None = None) -> int:
+def run(sweep: Sweep, count_only: bool, out: Path | None = None, decisions: Sequence[Path] = ()) -> int:
     """Count (``count_only``) or time the sweep, write the JSON to ``out`` and print the tables.
+
+    ``decisions``: files of recorded real decisions, counted beside the blob
+    masks at the sweep's batches (``count_only`` only); a bad file exits with
+    status 2 before anything is written.
 
     Returns the exit status: 0, 1 when a check failed (the JSON is written
     first), 2 for a timing run without CUDA (nothing is written).
@@ -187,7 +198,12 @@ def run(sweep: Sweep, count_only: bool, out: Path | None = None) -> int:
         "shapes": [shape.to_dict() for shape in shapes],
     }
     if count_only:
-        records = count_records(sweep, shapes)
+        try:
+            real = [record for path in decisions for record in _recorded(path, sweep.batches)]
+        except ValueError as exc:
+            print(f"run_gpu: {exc}", file=sys.stderr)
+            return 2
+        records = count_records(sweep, shapes) + real
         totals = network_totals(records)
         payload |= {"counts": records, "network_totals": totals}
         bad: list[str] = []
@@ -211,7 +227,14 @@ def run(sweep: Sweep, count_only: bool, out: Path | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.run_gpu [flags]``: parse the flags, then :func:`run`."""
     args = parse_args(argv)
-    return run(sweep_from_args(args), args.count_only, args.out)
+    return run(sweep_from_args(args), args.count_only, args.out, args.decisions)
+
+
+def _recorded(path: Path, batches: Sequence[int]) -> list[dict[str, object]]:
+    """Count records of a decisions file, named after the model its layers come from."""
+    layers, _ = load_decisions(path)
+    model = layers[0].name.split(".")[0] if layers else path.stem
+    return recorded_records(layers, batches, model)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import conv_input_span
+from kernels import COUNTER_FIELDS, conv_input_span, gated_kernel_counters
 from kernels.partition import base_sizes, group_index
 from kernels.work import conditional_macs, conditional_per_group
 from kernels.work import gated_mac_terms as _kernel_mac_terms
@@ -79,6 +79,18 @@ class LayerCount:
     gate_macs: int = 0
     decisions_on: int = 0  # gated layers: (sample, group, pixel) decisions that were on
     decisions_total: int = 0  # gated layers: all decisions
+    conditional_macs: int = 0  # gated layers: the conditional part of macs_executed
+    kernel_conditional_macs: int = 0  # gated layers: conditional MACs the Triton kernel runs (tile-rounded)
+
+    @property
+    def kernel_overhead(self) -> float | None:
+        """``kernel_conditional_macs / conditional_macs``: the gated kernel's conditional work over the exact work.
+
+        ``None`` for layers without a gate or with no conditional work.
+        """
+        if self.kind != "gated" or not self.conditional_macs:
+            return None
+        return self.kernel_conditional_macs / self.conditional_macs
 
     @property
     def density(self) -> float | None:
@@ -97,7 +109,7 @@ class LayerCount:
         )
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "density": self.density}
+        return {**asdict(self), "density": self.density, "kernel_overhead": self.kernel_overhead}
 
 
 _SUMMED_FIELDS = (
@@ -108,6 +120,8 @@ _SUMMED_FIELDS = (
     "gate_macs",
     "decisions_on",
     "decisions_total",
+    "conditional_macs",
+    "kernel_conditional_macs",
 )
 
 
@@ -142,8 +156,16 @@ class Report:
     def bytes_reduction(self) -> float:
         return self.bytes_dense / self.bytes_executed if self.bytes_executed else math.inf
 
+    @property
+    def kernel_overhead(self) -> float | None:
+        """Gated layers' conditional MACs as the Triton kernel runs them over the exact ones; ``None`` without any."""
+        exact = sum(layer.conditional_macs for layer in self.layers if layer.kind == "gated")
+        kernel = sum(layer.kernel_conditional_macs for layer in self.layers if layer.kind == "gated")
+        return kernel / exact if exact else None
+
     def to_dict(self) -> dict:
         return {
+            "kernel_overhead": self.kernel_overhead,
             "macs_dense": self.macs_dense,
             "macs_executed": self.macs_executed,
             "bytes_dense": self.bytes_dense,
@@ -177,6 +199,11 @@ class Report:
         rows.append(
             f"MAC reduction {self.macs_reduction:.2f}x, memory-traffic reduction {self.bytes_reduction:.2f}x"
         )
+        if self.kernel_overhead is not None:
+            rows.append(
+                f"the gated Triton kernel would run {self.kernel_overhead:.2f}x the exact conditional MACs "
+                "(whole tiles on these decisions)"
+            )
         return "\n".join(rows)
 
 
@@ -322,7 +349,18 @@ def gated_count(
         gate_macs=gate_macs,
         decisions_on=int(dec.sum()),
         decisions_total=dec.numel(),
+        conditional_macs=cond_macs,
+        kernel_conditional_macs=_kernel_conditional_macs(module, dec),
     )
+
+
+def _kernel_conditional_macs(module: ChannelGatedConv2d, decisions: torch.Tensor) -> int:
+    """Conditional MACs the gated Triton kernel runs on ``decisions`` (``kernels.gated_kernel_counters``)."""
+    counters = gated_kernel_counters(
+        decisions, module.in_channels, module.out_channels, module.kernel_size,
+        base_fraction=module.base_fraction, base_layout=module.base_layout, gate_group=module.gate_group,
+    )  # fmt: skip
+    return int(counters[COUNTER_FIELDS.index("conditional_macs")])
 
 
 # ------------------------------------------------------------------ recorder

@@ -11,7 +11,10 @@
 * :class:`GateSpec`: the three gate settings (``base_fraction``, ``base_layout``,
   ``gate_group``), defined and validated once (:mod:`kernels.spec`);
 * :mod:`kernels.partition`: base layouts and gate groups (shared with ``gating``);
-  :mod:`kernels.work`: the gated MAC rule (shared with ``gating.accounting``).
+  :mod:`kernels.work`: the gated MAC rule (shared with ``gating.accounting``);
+  :mod:`kernels.gated_tiling`: the gated kernel's tiles and skipping rule, and
+  :func:`gated_kernel_counters`, the work it will execute on given decisions
+  (pure PyTorch, any machine).
 * :func:`conv_output_size`, :func:`conv_input_span`, :func:`as_pair`: the one
   conv-size rule and the one ``(h, w)`` normaliser.
 
@@ -35,6 +38,7 @@ from .partition import (
     group_index,
     group_sum,
 )
+from .gated_tiling import GatedTiling, gated_kernel_counters, gated_tiling
 from .reference import conv2d_reference, gated_conv2d_reference
 from .spec import GateSpec
 from .work import COUNTER_FIELDS, GatedConvStats, gated_mac_terms
@@ -57,6 +61,9 @@ __all__ = [
     "GatedConvStats",
     "COUNTER_FIELDS",
     "gated_mac_terms",
+    "GatedTiling",
+    "gated_tiling",
+    "gated_kernel_counters",
     "conv2d_reference",
     "gated_conv2d_reference",
     "base_channels",

@@ -30,10 +30,8 @@ from ._common import (
     contiguous_vector,
     device_guard,
     dot_options,
-    gemm_tile_mk,
     new_decisions,
     new_output,
-    next_power_of_2,
     optional_pointer,
     packed_data,
     require_kernel_support,
@@ -49,8 +47,7 @@ from .conv2d import (
     pixel_coords,
     store_epilogue,
 )
-
-MAX_BLOCK_N = 128
+from .gated_tiling import GatedTiling, gated_tiling, tiling_tail
 
 
 @triton.jit
@@ -187,59 +184,6 @@ def _gated_conv2d_kernel(
             tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * step_macs)
 
 
-@dataclass(frozen=True)
-class GatedTiling:
-    """Fixed launch configuration of :func:`gated_conv2d`, picked from the shape and gate_group.
-
-    A program covers ``block_m`` pixels and ``groups_per_block`` whole gate
-    groups laid out in ``sub_blocks`` column sub-blocks of ``block_n``; each
-    group occupies ``group_slot`` columns (the next power of two of its size;
-    the padding columns are masked).
-    """
-
-    block_m: int
-    block_n: int
-    block_k: int
-    group_slot: int
-    groups_per_block: int
-    sub_blocks: int
-    num_warps: int
-    num_stages: int
-
-
-def gated_tiling(
-    pixels: int, in_channels: int, out_channels: int, gate_group: int, base_fraction: float
-) -> GatedTiling:
-    """Tiles for :func:`gated_conv2d`; the skipping granularity is one program.
-
-    With ``s = next_power_of_2(min(gate_group, C_out))``:
-
-    * ``s <= 16`` (gate_group 1..16): ``block_n = 16`` holding ``16 // s``
-      groups (gate_group 1: 16 per-channel decisions, the tile runs its
-      conditional loop if any (pixel, channel) of it is on);
-    * ``16 < s <= 128``: one group per program, ``block_n = s``; for gate
-      groups 16, 32, 64 work is exactly proportional to active (pixel tile,
-      gate group) pairs;
-    * ``s > 128``: one group per program in ``ceil(size / 128)`` sub-blocks of
-      128 columns; the base sum is computed twice (decision pass and output
-      pass) to keep the tile in registers.
-
-    ``block_m`` and ``block_k`` from :func:`gemm_tile_mk` over
-    ``partition.base_channels(C_in, base_fraction)`` (the channels of one base
-    K loop).
-    """
-    slot = next_power_of_2(min(gate_group, out_channels))
-    if slot <= 16:
-        block_n, groups_per_block, sub_blocks = 16, 16 // slot, 1
-    elif slot <= MAX_BLOCK_N:
-        block_n, groups_per_block, sub_blocks = slot, 1, 1
-    else:
-        slot = block_n = MAX_BLOCK_N
-        groups_per_block, sub_blocks = 1, triton.cdiv(min(gate_group, out_channels), MAX_BLOCK_N)
-    block_m, block_k = gemm_tile_mk(pixels, partition.base_channels(in_channels, base_fraction))
-    return GatedTiling(block_m, block_n, block_k, slot, groups_per_block, sub_blocks, 4, 3)
-
-
 @functools.lru_cache(maxsize=256)
 def _counters_template(tiling: tuple[int, int, int, int, int], device: torch.device) -> torch.Tensor:
     """int64 ``[9]``: zero work counters, then ``tiling`` (see :mod:`kernels.work`), cached per device.
@@ -319,7 +263,7 @@ def gated_conv2d(
     out_decisions = new_decisions(geom, gate_group, x)
     if decisions is not None:
         out_decisions.copy_(decisions)
-    counters = _counters_template(_tiling_tail(tiling), x.device).clone() if count_work else _no_counters(x)
+    counters = _counters_template(tiling_tail(tiling), x.device).clone() if count_work else _no_counters(x)
     if geom.pixels == 0:
         return y, out_decisions, counters
     launch = _GatedLaunch(
@@ -337,11 +281,6 @@ def gated_conv2d(
 def _no_counters(x: torch.Tensor) -> torch.Tensor:
     """The empty int64 ``[0]`` counters of a call that counts nothing (no kernel launched for them)."""
     return torch.empty(0, dtype=torch.int64, device=x.device)
-
-
-def _tiling_tail(tiling: GatedTiling) -> tuple[int, int, int, int, int]:
-    """The tiling fields of the counters: ``(block_m, block_n, block_k, groups_per_block, sub_blocks)``."""
-    return (tiling.block_m, tiling.block_n, tiling.block_k, tiling.groups_per_block, tiling.sub_blocks)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ statistic is clear of the kernel's rounding error (see
 :func:`clear_of_rounding`); the output is then compared with the reference run
 on the kernel's own decisions, so a near-threshold flip cannot fail it.
 The work counters must equal what the returned decisions imply under the
-tiling documented in ``kernels.gated_conv2d`` (:func:`expected_stats`).
+tiling documented in ``kernels.gated_conv2d`` (:func:`expected_stats`), and
+``kernels.gated_kernel_counters`` must predict them exactly.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from _helpers import (
 )
 from kernels import GatedConvStats, conv_output_size
 from kernels._common import base_intervals
-from kernels.gated_conv2d import gated_tiling
+from kernels import gated_kernel_counters, gated_tiling
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -155,6 +156,10 @@ def run_gated(
     assert_matches(out, truth, at_dtype, math.prod(weight.shape[1:]))
     counters, expected = stats.to_dict(), expected_stats(got, stats, weight.shape, gate, decisions is not None)
     assert {name: counters[name] for name in expected} == expected
+    predicted = gated_kernel_counters(
+        got, weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), **gate, decisions_given=decisions is not None
+    )
+    assert predicted.tolist() == stats.counters.tolist(), "gated_kernel_counters disagrees with the kernel"
     return out, got, stats
 
 
@@ -339,6 +344,8 @@ def test_empty_batch_returns_empty_results_and_zero_counters() -> None:
     assert out.shape == (0, 20, 3, 3) and decisions.shape == (0, 3, 3, 3) and counters.shape == (0,)
     counted = GatedConvStats(kernels.gated_conv2d_triton(x, weight, gate_scale, gate_shift, count_work=True)[2])
     assert counted.to_dict()["tiles_total"] == 0 and counted.block_m == 64
+    empty = torch.zeros(0, 2, 3, 3, dtype=torch.bool, device=DEVICE)
+    assert gated_kernel_counters(empty, 8, 20, (3, 3)).tolist() == counted.counters.tolist()
     out, decisions, stats = kernels.gated_conv2d(x, weight, gate_scale, gate_shift, gate_group=8, return_stats=True)
     assert out.shape == (0, 20, 3, 3) and decisions.shape == (0, 3, 3, 3) and decisions.dtype == torch.bool
     assert stats.to_dict()["tiles_total"] == 0 and stats.to_dict()["base_macs"] == 0
@@ -424,3 +431,11 @@ def test_gated_kernel_compiles_for_hopper_with_tensor_cores(tmp_path: Path) -> N
     ]
     compiled = compile_for_hopper("kernels.gated_conv2d", "_gated_conv2d_kernel", variants, tmp_path)
     assert compiled == [True] * len(variants)
+
+
+def test_kernel_counters_reject_decisions_of_another_layer() -> None:
+    """A decisions tensor whose group count does not fit the layer is refused, naming both."""
+    with pytest.raises(ValueError, match=r"bool \[N, 3, OH, OW\].*out_channels=20.*\(2, 2, 3, 3\)"):
+        gated_kernel_counters(torch.zeros(2, 2, 3, 3, dtype=torch.bool), 8, 20, (3, 3), gate_group=8)
+    with pytest.raises(ValueError, match="bool"):
+        gated_kernel_counters(torch.zeros(2, 3, 3, 3), 8, 20, (3, 3), gate_group=8)
