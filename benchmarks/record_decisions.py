@@ -90,7 +90,7 @@ def _record(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
         images = data.synthetic_dataset(args.images, config.image_size, seed=2 * config.seed + 1).tensors[0]
         source = {"kind": "demo student", "run": str(args.run), "trained": True, "seed": config.seed,
                   "image_size": config.image_size, "images": args.images}  # fmt: skip
-        return record_decisions(student, images, prefix="demo."), source
+        return record_decisions(student, images, prefix=f"demo-seed{config.seed}."), source
     images = data.synthetic_dataset(args.images, args.image_size, seed=args.seed).tensors[0]
     gated = torchvision_gated(args.model, images, args.macs_ratio, args.seed)
     source = {"kind": f"torchvision {args.model}", "trained": False, "calibrated_macs_ratio": args.macs_ratio,

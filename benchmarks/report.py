@@ -225,14 +225,14 @@ def print_totals(totals: Iterable[dict[str, object]]) -> None:
     tiles) over the exact conditional MACs of the decisions.
     """
     print(
-        f"{'model':<6}{'masks':>6}{'batch':>6}{'density':>9}{'GMACs dense':>13}{'GMACs exec':>12}"
+        f"{'model':<12}{'masks':>6}{'batch':>6}{'density':>9}{'GMACs dense':>13}{'GMACs exec':>12}"
         f"{'ideal x':>9}{'MB dense':>10}{'MB exec':>10}{'kernel/exact cond':>19}"
     )
     for t in totals:
         overhead = "-" if t["kernel_overhead"] is None else f"{t['kernel_overhead']:.2f}"
         density = "learned" if t["target_density"] is None else t["target_density"]
         print(
-            f"{t['model']:<6}{t['mask_source']:>6}{t['batch']:>6}{density:>9}"
+            f"{t['model']:<12}{t['mask_source']:>6}{t['batch']:>6}{density:>9}"
             f"{t['macs_dense'] / 1e9:>13.2f}{t['macs_executed'] / 1e9:>12.2f}{t['ideal_speedup']:>9.2f}"
             f"{t['bytes_dense'] / 1e6:>10.1f}{t['bytes_executed'] / 1e6:>10.1f}{overhead:>19}"
         )

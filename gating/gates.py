@@ -45,10 +45,10 @@ from kernels import GateSpec, as_pair, conv_output_size
 from kernels.partition import (
     base_channels,
     base_mask,
-    expand_groups,
     gate_group_count,
     group_sizes,
     group_sum,
+    mask_groups,
 )
 
 
@@ -255,8 +255,7 @@ class ChannelGatedConv2d(nn.Module):
             decisions = hard
             self.last_soft_density = None
         self.last_decisions = hard.detach().bool()
-        gate = expand_groups(decisions, self.out_channels, self.gate_group).to(yr.dtype)
-        return yp + gate * yr
+        return yp + mask_groups(yr, decisions, self.gate_group)
 
     # --------------------------------------------------------------- inference
     @torch.no_grad()

@@ -175,6 +175,24 @@ def expand_groups(decisions: torch.Tensor, out_channels: int, gate_group: int) -
     return decisions.index_select(1, group_index(out_channels, gate_group, decisions.device))
 
 
+def mask_groups(per_channel: torch.Tensor, decisions: torch.Tensor, gate_group: int) -> torch.Tensor:
+    """``per_channel * expand_groups(decisions)``: ``[N, C, H, W]`` scaled by its group's ``[N, G, H, W]`` value.
+
+    Broadcasts over a ``[N, G, gate_group, H, W]`` view when ``gate_group``
+    divides ``C`` (no per-channel copy of the decisions is made, forward or
+    backward); otherwise expands them. The result has ``per_channel``'s dtype.
+    """
+    n, c, h, w = per_channel.shape
+    groups = gate_group_count(c, gate_group)
+    if decisions.shape != (n, groups, h, w):
+        raise ValueError(f"decisions must be [{n}, {groups}, {h}, {w}], got {tuple(decisions.shape)}")
+    decisions = decisions.to(per_channel.dtype)
+    if c % gate_group:
+        return per_channel * expand_groups(decisions, c, gate_group)
+    grouped = per_channel.reshape(n, c // gate_group, gate_group, h, w) * decisions[:, :, None]
+    return grouped.reshape(n, c, h, w)
+
+
 def group_sum(per_channel: torch.Tensor, gate_group: int) -> torch.Tensor:
     """Sum ``[N, C, H, W]`` over the channels of each gate group -> ``[N, G, H, W]``."""
     n, c, h, w = per_channel.shape

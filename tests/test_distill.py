@@ -257,6 +257,41 @@ def test_eval_every_none_trains_the_same_without_evaluating():
     _assert_same_state(evaluated.student.state_dict(), silent.student.state_dict())
 
 
+def test_cached_teacher_logits_train_as_the_online_teacher_without_running_it():
+    """A loader of ``with_teacher_logits`` examples gives the same training as running the teacher each step."""
+    train_loader, test_loader = _loaders()
+    teacher = _nearest_center_teacher()
+    torch.manual_seed(0)
+    online = Trainer(MLP(), train_loader, test_loader, _config(kd_alpha=0.5), teacher=teacher)
+    online.fit()
+    cached_set = distill.with_teacher_logits(train_loader.dataset, teacher, batch_size=100)
+    inputs, targets = train_loader.dataset.tensors
+    assert torch.equal(cached_set.tensors[0], inputs) and torch.equal(cached_set.tensors[1], targets)
+    with torch.no_grad():
+        torch.testing.assert_close(cached_set.tensors[2], teacher(inputs))
+    calls = []
+    teacher.register_forward_hook(lambda *args: calls.append(1))
+    cached_loader = DataLoader(cached_set, batch_size=BATCH, sampler=EpochOrderSampler(len(cached_set), seed=3))
+    torch.manual_seed(0)
+    cached = Trainer(MLP(), cached_loader, test_loader, _config(kd_alpha=0.5), teacher=teacher)
+    cached.fit()
+    assert calls == [], "the teacher ran although the loader gave its logits"
+    torch.manual_seed(0)
+    without_teacher = Trainer(MLP(), cached_loader, test_loader, _config(kd_alpha=0.5))
+    without_teacher.fit()
+    for key, value in online.student.state_dict().items():
+        torch.testing.assert_close(cached.student.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+        assert torch.equal(without_teacher.student.state_dict()[key], cached.student.state_dict()[key])
+
+
+def test_with_teacher_logits_bad_input():
+    teacher = _nearest_center_teacher()
+    with pytest.raises(ValueError, match="empty"):
+        distill.with_teacher_logits(TensorDataset(torch.zeros(0, N_FEATURES), torch.zeros(0)), teacher)
+    with pytest.raises(ValueError, match="batch_size"):
+        distill.with_teacher_logits(_blobs(4, seed=0), teacher, batch_size=0)
+
+
 def test_nearest_center_teacher_is_accurate():
     train_loader, test_loader = _loaders()
     trainer = Trainer(_nearest_center_teacher(), train_loader, test_loader, _config())

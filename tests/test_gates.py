@@ -171,3 +171,22 @@ def test_partition_matches_explicit_definition():
     assert partition.group_sizes(20, 8) == [8, 8, 4]
     d = torch.tensor([True, False, True]).view(1, 3, 1, 1)
     assert partition.expand_groups(d, 20, 8).view(-1).tolist() == [True] * 8 + [False] * 8 + [True] * 4
+
+
+@pytest.mark.parametrize("channels, group", [(16, 4), (20, 8), (5, 16), (12, 1)])
+def test_mask_groups_matches_expanded_decisions(channels, group):
+    """The broadcast masking equals multiplying by the per-channel expansion, values and gradients."""
+    torch.manual_seed(0)
+    values = torch.randn(2, channels, 3, 4, dtype=torch.float64, requires_grad=True)
+    groups = partition.gate_group_count(channels, group)
+    decisions = torch.rand(2, groups, 3, 4, dtype=torch.float64, requires_grad=True)
+    got = partition.mask_groups(values, decisions, group)
+    want = values * partition.expand_groups(decisions, channels, group)
+    assert torch.equal(got, want)
+    grad = torch.randn_like(want)
+    got_grads = torch.autograd.grad(got, (values, decisions), grad)
+    want_grads = torch.autograd.grad(want, (values, decisions), grad)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="decisions must be"):
+        partition.mask_groups(values, decisions[:, :, :2], group)

@@ -13,7 +13,7 @@ each of its parts measured, is in ``docs/design.md#training-recipe``.
 
 Modules: :mod:`.config` (``TrainConfig``), :mod:`.losses`, :mod:`.schedules`,
 :mod:`.batchnorm`, :mod:`.evaluation` (:func:`evaluate_classifier`),
-:mod:`.features`, :mod:`.trainer` (``Trainer``), :mod:`.resume`
+:mod:`.features`, :mod:`.teacher_logits`, :mod:`.trainer` (``Trainer``), :mod:`.resume`
 (checkpoints).
 
 Student protocol (duck-typed, every member optional; ``GatedModel``
@@ -35,7 +35,11 @@ implements all of them, a plain ``nn.Module`` none):
 * ``fit_budget(batches) -> float``: shift the gates so the student meets its
   ``budget_goal`` on ``batches`` (``TrainConfig.budget_fit_batches``).
 
-Loaders yield ``(inputs, targets)`` pairs and must have a length. When the
+Loaders yield ``(inputs, targets)`` pairs and must have a length. A train
+loader may yield ``(inputs, targets, teacher_logits)`` instead (a dataset from
+:func:`with_teacher_logits`, :mod:`.teacher_logits`): the teacher then does not
+run for its logits (offline distillation, for data without random
+augmentation). When the
 train loader's sampler has ``set_epoch(epoch)`` (e.g. ``gating.data.EpochSampler``)
 it is called before every epoch, so the epoch's order is a function of
 (seed, epoch).
@@ -56,6 +60,7 @@ from .config import TrainConfig
 from .evaluation import evaluate_classifier
 from .losses import feature_kd_loss, kd_loss
 from .schedules import budget_target, cosine_lr_factor
+from .teacher_logits import with_teacher_logits
 from .trainer import Trainer, TrainingDivergedError
 
 __all__ = [
@@ -68,4 +73,5 @@ __all__ = [
     "feature_kd_loss",
     "kd_loss",
     "recalibrate_batchnorm",
+    "with_teacher_logits",
 ]

@@ -193,7 +193,7 @@ class Trainer:
     def _final_batches(self, count: int) -> Iterator[Tensor]:
         """Inputs of the first ``count`` train batches in the order of epoch ``config.epochs``."""
         self._select_epoch_order(self.config.epochs)
-        return (inputs for inputs, _ in itertools.islice(self.train_loader, count))
+        return (batch[0] for batch in itertools.islice(self.train_loader, count))
 
     # ------------------------------------------------------------ construction
 
@@ -223,8 +223,8 @@ class Trainer:
         self.student.train()
         steps, loss_sum, correct, seen = 0, 0.0, 0, 0
         with self._progress_bar(batches) as bar:
-            for inputs, targets in bar:
-                loss, batch_correct = self._train_step(inputs, targets)
+            for inputs, targets, *teacher_logits in bar:
+                loss, batch_correct = self._train_step(inputs, targets, *teacher_logits)
                 self.step_in_epoch += 1
                 self.global_step += 1
                 steps, loss_sum = steps + 1, loss_sum + loss
@@ -273,13 +273,17 @@ class Trainer:
             dynamic_ncols=True,
         )
 
-    def _train_step(self, inputs: Tensor, targets: Tensor) -> tuple[float, int]:
-        """One optimizer step; returns the loss and the number of correct predictions."""
+    def _train_step(self, inputs: Tensor, targets: Tensor, cached_logits: Tensor | None = None) -> tuple[float, int]:
+        """One optimizer step; returns the loss and the number of correct predictions.
+
+        ``cached_logits``: the teacher's logits of this batch, when the loader
+        yields them (``with_teacher_logits``).
+        """
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         self._schedule_budget()
         with self._autocast():
-            teacher_logits = self._teacher_logits(inputs)
+            teacher_logits = self._teacher_logits(inputs, cached_logits)
             logits = self.student(inputs)
             loss = kd_loss(logits, teacher_logits, targets, self.config.kd_alpha, self.config.kd_temperature)
             if self._features is not None:
@@ -304,11 +308,22 @@ class Trainer:
                 self.global_step, self.budget_ramp_steps, self.config.budget_ramp_start, self.student.budget_goal
             )
 
-    def _teacher_logits(self, inputs: Tensor) -> Tensor | None:
-        if self.teacher is None or (self.config.kd_alpha == 1.0 and self._features is None):
+    def _teacher_logits(self, inputs: Tensor, cached: Tensor | None) -> Tensor | None:
+        """The teacher's logits of ``inputs`` (``cached`` when given); the teacher runs only when needed.
+
+        Cached logits are used even without a teacher module; the teacher runs
+        only for logits nobody cached or for the features of feature
+        distillation.
+        """
+        if self.config.kd_alpha == 1.0 and self._features is None:
+            return None
+        if cached is not None and self._features is None:
+            return cached.to(self.device, non_blocking=True)
+        if self.teacher is None:
             return None
         with torch.no_grad():
-            return self.teacher(inputs)
+            logits = self.teacher(inputs)  # also fills the feature taps
+        return logits if cached is None else cached.to(self.device, non_blocking=True)
 
     def _gating_loss(self) -> Tensor | float:
         gating_loss = getattr(self.student, "gating_loss", None)
