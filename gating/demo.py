@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kernels import GateSpec
+
 from . import data, io
 from .accounting import Report
 from .config import GateConfig
@@ -103,7 +105,7 @@ class DemoConfig:
     resume: bool = False
     progress: bool = True
     target_flops: float = 0.39
-    gate_group: int = 16
+    gate_group: int = GateSpec.gate_group
     budget_weight: float = 50.0
     calibration_images: int = 512
     student_batch_size: int = 64

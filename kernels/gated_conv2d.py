@@ -48,6 +48,7 @@ from .conv2d import (
     store_epilogue,
 )
 from .gated_tiling import GatedTiling, gated_tiling, tiling_tail
+from .spec import GateSpec
 
 
 @triton.jit
@@ -200,9 +201,9 @@ def gated_conv2d(
     gate_scale: torch.Tensor,
     gate_shift: torch.Tensor,
     *,
-    base_fraction: float = 0.25,
-    base_layout: str = "first",
-    gate_group: int = 16,
+    base_fraction: float = GateSpec.base_fraction,
+    base_layout: str = GateSpec.base_layout,
+    gate_group: int = GateSpec.gate_group,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,

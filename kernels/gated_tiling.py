@@ -17,6 +17,7 @@ import torch
 
 from . import partition
 from ._common import BaseIntervals, base_intervals, gemm_tile_mk, next_power_of_2
+from .spec import GateSpec
 
 __all__ = ["MAX_BLOCK_N", "GatedTiling", "gated_kernel_counters", "gated_tiling", "tiling_tail"]
 
@@ -117,9 +118,9 @@ def gated_kernel_counters(
     out_channels: int,
     kernel: tuple[int, int],
     *,
-    base_fraction: float = 0.25,
-    base_layout: str = "first",
-    gate_group: int = 16,
+    base_fraction: float = GateSpec.base_fraction,
+    base_layout: str = GateSpec.base_layout,
+    gate_group: int = GateSpec.gate_group,
     decisions_given: bool = False,
 ) -> torch.Tensor:
     """The counters :func:`gated_conv2d` returns with ``count_work=True``, predicted in PyTorch from the decisions.

@@ -50,6 +50,7 @@ from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 from ._common import PackedWeight, new_decisions, new_output, weight_4d
 from ._validation import validate_conv, validate_gated
 from .reference import conv2d_reference, gated_conv2d_reference
+from .spec import GateSpec
 from .work import (
     COUNTER_FIELDS,
     GatedConvStats,
@@ -262,9 +263,9 @@ def gated_conv2d(
     gate_scale: torch.Tensor,
     gate_shift: torch.Tensor,
     *,
-    base_fraction: float = 0.25,
-    base_layout: str = "first",
-    gate_group: int = 16,
+    base_fraction: float = GateSpec.base_fraction,
+    base_layout: str = GateSpec.base_layout,
+    gate_group: int = GateSpec.gate_group,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from . import partition
 from ._common import PackedWeight, weight_4d
 from ._validation import ConvGeometry, validate_conv, validate_gated
+from .spec import GateSpec
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
@@ -88,9 +89,9 @@ def gated_conv2d_reference(
     gate_scale: torch.Tensor,
     gate_shift: torch.Tensor,
     *,
-    base_fraction: float = 0.25,
-    base_layout: str = "first",
-    gate_group: int = 16,
+    base_fraction: float = GateSpec.base_fraction,
+    base_layout: str = GateSpec.base_layout,
+    gate_group: int = GateSpec.gate_group,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
