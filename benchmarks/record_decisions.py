@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m benchmarks.record_decisions demo runs/demo --out runs/decisions_demo.pt
-    python -m benchmarks.record_decisions torchvision r50 --out runs/decisions_r50.pt
+    python -m benchmarks.record_decisions --out runs/decisions_demo.pt demo runs/demo
+    python -m benchmarks.record_decisions --out runs/decisions_r50.pt torchvision r50
 
 ``demo RUN``: the trained student of a ``python -m gating demo`` run (its
 ``results.json`` and ``student.ckpt``), on the first ``--images`` built-in test

@@ -26,6 +26,7 @@ import torch
 
 from gating import ChannelGatedConv2d, GatedModel, io
 from gating.accounting import CallRecorder, gated_count
+from gating.modes import train_mode
 from kernels import GateSpec, conv_output_size, gate_group_count
 
 from .counting import count_fields
@@ -114,14 +115,9 @@ def record_decisions(model: GatedModel, images: torch.Tensor, prefix: str = "") 
     Layers forced open are skipped (they ran dense). Names are ``prefix +``
     the layer's name in the model. The model's train/eval mode is restored.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with CallRecorder(model) as recorder:
-            model(images)
-            calls = [call for call in recorder if isinstance(call.module, ChannelGatedConv2d)]
-    finally:
-        model.train(was_training)
+    with train_mode(model, False), CallRecorder(model) as recorder:
+        model(images)
+        calls = [call for call in recorder if isinstance(call.module, ChannelGatedConv2d)]
     return [
         RecordedLayer(
             prefix + call.name.removeprefix("model."), call.module.in_channels, call.module.out_channels,

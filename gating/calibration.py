@@ -16,6 +16,7 @@ from torch import nn
 from kernels.partition import expand_groups
 
 from .gates import ChannelGatedConv2d
+from .modes import train_mode
 
 __all__ = ["calibrate", "fit_budget"]
 
@@ -39,11 +40,9 @@ def calibrate(model: nn.Module, inputs: torch.Tensor, target_flops_ratio: float)
     """
     if not 0.0 < target_flops_ratio <= 1.0:
         raise ValueError(f"target_flops_ratio must be in (0, 1], got {target_flops_ratio!r}")
-    was_training = model.training
     layers = list(model.gated_layers().values())
     momenta = [layer.gate_bn.momentum for layer in layers]
-    try:
-        model.train()
+    with train_mode(model, True):
         for layer in layers:
             layer.gate_bn.reset_running_stats()
             layer.gate_bn.momentum = None  # cumulative average
@@ -54,8 +53,6 @@ def calibrate(model: nn.Module, inputs: torch.Tensor, target_flops_ratio: float)
             layer.gate_bn.momentum = momentum
         model.eval()
         _set_quantile_thresholds(model, layers, inputs, density)
-    finally:
-        model.train(was_training)
     return density
 
 
@@ -134,8 +131,6 @@ def fit_budget(
         raise ValueError("fit_budget: no batches given")
     layers = list(model.gated_layers().values())
     trained = [layer.threshold.detach().clone() for layer in layers]
-    was_training = model.training
-    model.eval()
 
     def ratio_at(offset: float) -> float:
         for layer, threshold in zip(layers, trained):
@@ -147,12 +142,10 @@ def fit_budget(
             dense, executed = dense + report.macs_dense, executed + report.macs_executed
         return executed / dense
 
-    try:
+    with train_mode(model, False):
         offset = _bisect_offset(ratio_at, target_flops_ratio, tolerance, max_steps)
         for layer, threshold in zip(layers, trained):
             layer.threshold.copy_(threshold + offset)
-    finally:
-        model.train(was_training)
     return offset
 
 

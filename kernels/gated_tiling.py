@@ -11,12 +11,13 @@ prediction against the kernel's own counters under ``TRITON_INTERPRET=1``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from . import partition
-from ._common import BaseIntervals, base_intervals, gemm_tile_mk, next_power_of_2
+from ._common import base_intervals, gemm_tile_mk, next_power_of_2
 from .spec import GateSpec
 
 __all__ = ["MAX_BLOCK_N", "GatedTiling", "gated_kernel_counters", "gated_tiling", "tiling_tail"]
@@ -78,14 +79,18 @@ def gated_tiling(
     return GatedTiling(block_m, block_n, block_k, slot, groups_per_block, sub_blocks, 4, 3)
 
 
+@functools.lru_cache(maxsize=256)
 def _block_k_steps(
-    tiling: GatedTiling, base: BaseIntervals, in_channels: int, out_channels: int, gate_group: int
+    tiling: GatedTiling, in_channels: int, out_channels: int, base_fraction: float, base_layout: str, gate_group: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per channel block (program column): K steps of one base loop and of both conditional loops.
 
     The same ranges as ``_block_channels`` / ``_path_ranges`` in the kernel,
-    summed over the block's sub-blocks: int64 ``[blocks]`` each.
+    summed over the block's sub-blocks: int64 ``[blocks]`` each, on CPU.
+    Cached per configuration (callers only read them), so counting a layer
+    batch after batch does not rebuild them.
     """
+    base = base_intervals(out_channels, in_channels, base_fraction, base_layout, torch.device("cpu"))
     groups = partition.gate_group_count(out_channels, gate_group)
     blocks = -(-groups // tiling.groups_per_block)
     col = torch.arange(tiling.block_n)
@@ -96,7 +101,7 @@ def _block_k_steps(
     ch = ch + within[None]  # [B, S, BN]
     ok = (within[None] < gate_group) & (ch < out_channels)
     safe = ch.clamp(max=out_channels - 1)
-    lo, hi = base.lo.cpu().long()[safe], base.hi.cpu().long()[safe]
+    lo, hi = base.lo.long()[safe], base.hi.long()[safe]
     hull_lo = torch.where(ok, lo, in_channels).amin(dim=2)
     hull_hi = torch.where(ok, hi, 0).amax(dim=2)
     common_lo = torch.where(ok, lo, 0).amax(dim=2)
@@ -154,8 +159,7 @@ def gated_kernel_counters(
     counters = torch.tensor([0, 0, 0, 0, *tiling_tail(tiling)], dtype=torch.int64)
     if pixels == 0:
         return counters.to(decisions.device)
-    base = base_intervals(out_channels, in_channels, base_fraction, base_layout, torch.device("cpu"))
-    base_steps, cond_steps = _block_k_steps(tiling, base, in_channels, out_channels, gate_group)
+    base_steps, cond_steps = _block_k_steps(tiling, in_channels, out_channels, base_fraction, base_layout, gate_group)
     blocks = base_steps.numel()
     rows = -(-pixels // tiling.block_m)
     flat = torch.zeros(rows * tiling.block_m, blocks * tiling.groups_per_block, dtype=torch.bool)

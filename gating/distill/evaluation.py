@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..modes import train_mode
+
 __all__ = ["evaluate_classifier"]
 
 
@@ -27,13 +29,8 @@ def evaluate_classifier(
     Raises:
         ValueError: the loader yields no samples.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return _evaluate(model, loader, device, autocast)
-    finally:
-        model.train(was_training)
+    with train_mode(model, False), torch.no_grad():
+        return _evaluate(model, loader, device, autocast)
 
 
 def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast: bool) -> dict[str, float]:

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ..modes import train_mode
+
 __all__ = ["with_teacher_logits"]
 
 
@@ -42,14 +44,10 @@ def with_teacher_logits(
     if len(dataset) == 0:
         raise ValueError("with_teacher_logits: the dataset is empty")
     device = torch.device(device)
-    was_training = teacher.training
-    teacher.eval()
     inputs, targets, logits = [], [], []
-    try:
+    with train_mode(teacher, False):
         for batch_inputs, batch_targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             inputs.append(batch_inputs)
             targets.append(torch.as_tensor(batch_targets, dtype=torch.int64))
             logits.append(teacher(batch_inputs.to(device)).float().cpu())
-    finally:
-        teacher.train(was_training)
     return TensorDataset(torch.cat(inputs), torch.cat(targets), torch.cat(logits))

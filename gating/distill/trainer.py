@@ -309,11 +309,11 @@ class Trainer:
             )
 
     def _teacher_logits(self, inputs: Tensor, cached: Tensor | None) -> Tensor | None:
-        """The teacher's logits of ``inputs`` (``cached`` when given); the teacher runs only when needed.
+        """The teacher's logits of ``inputs``: ``cached`` when given, else a teacher forward when one is needed.
 
-        Cached logits are used even without a teacher module; the teacher runs
-        only for logits nobody cached or for the features of feature
-        distillation.
+        Cached logits are used even without a teacher module. Feature
+        distillation needs the teacher's features, so the teacher then runs
+        (filling the feature taps) and its own logits are used.
         """
         if self.config.kd_alpha == 1.0 and self._features is None:
             return None
@@ -322,8 +322,7 @@ class Trainer:
         if self.teacher is None:
             return None
         with torch.no_grad():
-            logits = self.teacher(inputs)  # also fills the feature taps
-        return logits if cached is None else cached.to(self.device, non_blocking=True)
+            return self.teacher(inputs)
 
     def _gating_loss(self) -> Tensor | float:
         gating_loss = getattr(self.student, "gating_loss", None)
