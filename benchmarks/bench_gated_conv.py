@@ -112,13 +112,14 @@ def test_network_totals_weight_shapes_by_layer_count() -> None:
     records = [
         {"model": "r18", "mask_source": "blob", "batch": 1, "target_density": 0.5, "layers": layers,
          "macs_dense": 10, "macs_executed": 5, "bytes_dense": 8, "bytes_executed": 6, "conditional_macs": 4,
-         "kernel_conditional_macs": 6}
-        for layers in (1, 3)
+         "kernel_conditional_macs": kernel, "kernel_overhead": kernel / 4, "tiled_kernel_conditional_macs": 12}
+        for layers, kernel in ((1, 8), (3, 5))
     ]  # fmt: skip
     (total,) = network_totals(records)
     fields = ("macs_dense", "macs_executed", "bytes_dense", "bytes_executed", "conditional_macs")
     assert [total[f] for f in fields] == [40, 20, 32, 24, 16]
-    assert total["ideal_speedup"] == 2.0 and total["kernel_overhead"] == 1.5
+    assert total["ideal_speedup"] == 2.0 and total["kernel_overhead"] == (8 + 3 * 5) / 16
+    assert total["tiled_kernel_overhead"] == 3.0 and total["worst_layer_kernel_overhead"] == 2.0
     real = [{**records[0], "mask_source": "real", "target_density": None}]
     assert [t["mask_source"] for t in network_totals(records + real)] == ["blob", "real"]
 

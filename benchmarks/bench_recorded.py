@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import pytest
 import torch
 
 from benchmarks import record_decisions, run_gpu
+from benchmarks.cases import recorded_case
+from benchmarks.checks import check_dense, check_gated
+from benchmarks.sweep import Sweep
 from benchmarks.recorded import RecordedLayer, load_decisions, record_decisions as record, recorded_records
 from benchmarks.recorded import save_decisions
 from gating import GateConfig, GatedModel
@@ -90,8 +94,35 @@ def test_count_only_run_counts_recorded_decisions(tmp_path: Path, capsys: pytest
     assert all(t["kernel_overhead"] >= 1.0 for t in payload["network_totals"])
     assert "learned" in capsys.readouterr().out
     assert run_gpu.main([*argv[:-1], str(tmp_path / "missing.pt")]) == 2
-    with pytest.raises(SystemExit):
-        run_gpu.parse_args(["--decisions", str(decisions)])  # timing on recorded decisions: not implemented
+
+
+def test_a_recorded_case_hands_its_decisions_to_the_gated_op_and_passes_the_checks() -> None:
+    """On CPU the ops run their references: the case's plumbing, given decisions and checks, without a GPU."""
+    model, images = _student(batch=4)
+    layer = record(model, images, prefix="tiny.")[1]
+    case = recorded_case(Sweep(), layer, batch=3, purpose="check", device="cpu")
+    assert case.decisions_given and case.shape.name == "tiny." + layer.name.removeprefix("tiny.")
+    assert case.density == pytest.approx(float(layer.decisions[:3].float().mean()))
+    _, decisions = case.triton_gated()
+    assert torch.equal(decisions, layer.decisions[:3])
+    check = check_gated(case)
+    assert check["ok"] and check["decisions_match_mask"]
+    assert all(err["ok"] for err in check_dense(case).values())
+    assert layer.kernel == (3, 3) and layer.padding == (1, 1)
+    uneven = dataclasses.replace(layer, kernel=(3, 1), padding=(1, 0))  # same output size, not square
+    with pytest.raises(NotImplementedError, match=r"square, got kernel=\(3, 1\), padding=\(1, 0\)"):
+        uneven.shape()
+
+
+def test_a_timing_run_with_recorded_decisions_needs_cuda(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model, images = _student(batch=2)
+    decisions = tmp_path / "tiny.pt"
+    save_decisions(record(model, images, prefix="tiny."), decisions, {"kind": "test"})
+    assert run_gpu.main(["--decisions", str(decisions), "--out", str(tmp_path / "t.json")]) == 2
+    assert "timing needs a CUDA GPU" in capsys.readouterr().err and not (tmp_path / "t.json").exists()
 
 
 def test_record_command_refuses_a_folder_that_is_not_a_demo_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

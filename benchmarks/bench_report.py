@@ -30,9 +30,12 @@ from benchmarks.checks import (
 )
 from benchmarks.counting import case_mask
 from benchmarks.masks import group_decisions
-from benchmarks.report import dense_rates, gated_rates, gbps, print_rates, summarize, tflops
+from benchmarks.recorded import RecordedLayer
+from benchmarks.report import dense_rates, gated_rates, gbps, print_rates, recorded_summary, summarize, tflops
+from benchmarks.roofline import DevicePeaks, roofline_ms
 from benchmarks.shapes import ConvShape, gated_module
 from benchmarks.sweep import QUICK_BATCHES, QUICK_MODELS, Sweep, Targets
+from kernels import GateSpec
 
 CUDA = torch.cuda.is_available()
 
@@ -120,8 +123,15 @@ def test_timed_records_carry_rates_of_their_counts(fake_gpu: None) -> None:
     assert dense["triton_dense_rates"]["tflops"]["p80"] == pytest.approx(2 * macs / 0.5 * 1e-9)
     assert dense["triton_dense_vs_cudnn"] == pytest.approx(2.0)
 
-    gated = timing.measure_gated(sweep, SMALL, 3, 0.5, dense)
+    peaks = DevicePeaks(matmul_tflops=100.0, copy_gbps=1000.0)
+    gated = timing.measure_gated(sweep, SMALL, 3, 0.5, dense, peaks)
     rates = gated["triton_gated_rates"]
+    # roofline: max(2 * MACs / 100e12 FLOP/s, bytes / 1000e9 B/s), in ms
+    roof_dense = max(2 * macs / 100e12, nbytes / 1000e9) * 1e3
+    roof_exec = max(2 * gated["macs_executed"] / 100e12, gated["bytes_executed"] / 1000e9) * 1e3
+    assert gated["roofline_dense_ms"] == pytest.approx(roof_dense)
+    assert gated["roofline_ideal_speedup"] == pytest.approx(roof_dense / roof_exec)
+    assert gated["speedup_over_roofline_ideal"] == pytest.approx(4.0 / (roof_dense / roof_exec))
     assert gated["kernel_stats"]["macs"] == 8 * 10**6
     assert rates["tflops_kernel"]["median"] == pytest.approx(2 * 8e6 / 0.125 * 1e-9)
     assert rates["tflops_executed"]["p20"] == pytest.approx(2 * gated["macs_executed"] / 0.0625 * 1e-9)
@@ -133,11 +143,37 @@ def test_timed_records_carry_rates_of_their_counts(fake_gpu: None) -> None:
 def test_print_rates_lists_every_timed_run(fake_gpu: None, capsys: pytest.CaptureFixture) -> None:
     sweep = Sweep(batches=(2,))
     dense = timing.measure_dense(sweep, SMALL, 3, 0.5)
-    gated = [timing.measure_gated(sweep, SMALL, 3, d, dense) for d in (0.5, 1.0)]
+    gated = [timing.measure_gated(sweep, SMALL, 3, d, dense, DevicePeaks(100.0, 1000.0)) for d in (0.5, 1.0)]
     print_rates([dense], gated)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 + 2 + 2 and "TFLOP/s" in lines[0] and "GB/s" in lines[0]
     assert lines[1].split()[2:4] == ["cudnn", "0.500"] and lines[4].split()[3:5] == ["triton_gated", "0.125"]
+
+
+class _RecordedFake(_FakeCase):
+    """A recorded layer's case without a conv: the layer's shape and its first ``batch`` decisions."""
+
+    def __init__(self, layer: RecordedLayer, batch: int) -> None:
+        self.shape = layer.shape()
+        self.inputs = _Inputs(layer.decisions[:batch])
+
+
+def test_recorded_layers_are_timed_on_their_own_decisions(fake_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    decisions = torch.rand(4, 3, 9, 9, generator=torch.Generator().manual_seed(0)) < 0.3
+    layer = RecordedLayer("tiny.l", 32, 48, (3, 3), (1, 1), (1, 1), (1, 1), 9, 9, GateSpec(), decisions)
+    monkeypatch.setattr(timing, "recorded_case", lambda sweep, layer, batch, purpose: _RecordedFake(layer, batch))
+    peaks = DevicePeaks(100.0, 1000.0)
+    record = timing.measure_recorded(Sweep(batches=(2,)), layer, 3, "tiny", peaks)
+    assert (record["model"], record["shape"], record["batch"], record["mask_source"]) == ("tiny", "tiny.l", 3, "real")
+    per_group = 16 * 24 * 9  # 16 outputs x 24 conditional inputs x 9 taps per active (pixel, group)
+    assert record["conditional_macs"] == int(decisions[:3].sum()) * per_group
+    assert record["speedup"] == pytest.approx(4.0) and record["triton_dense_vs_cudnn"] == pytest.approx(2.0)
+    assert record["check"] is None and record["dense_check"] is None and record["decisions_match_mask"]
+    # memory bound at this size: the executed bytes (plus decisions and gate affine) set the roofline
+    ideal = roofline_ms(record["macs_dense"], record["bytes_dense"], peaks) / roofline_ms(
+        record["macs_executed"], record["bytes_executed"], peaks
+    )
+    assert record["roofline_ideal_speedup"] == pytest.approx(ideal) and record["kernel_stats"]["macs"] == 8 * 10**6
 
 
 # -------------------------------------------------------------------- sweep
@@ -185,6 +221,7 @@ def _gated(density: float, batch: int, over_ideal: float, over_dense: float) -> 
         "target_density": density,
         "batch": batch,
         "speedup_over_ideal": over_ideal,
+        "speedup_over_roofline_ideal": 2 * over_ideal,
         "gated_over_triton_dense": over_dense,
     }
 
@@ -205,6 +242,8 @@ def test_summary_numbers() -> None:
     assert b["per_density"]["0.1"]["fraction_at_least_target"] == 0.5
     c = summary["c_gated_over_dense_at_density_1"]
     assert c["cases"] == 2 and c["geomean"] == pytest.approx(1.0) and c["max"] == 1.25
+    roof = summary["b_speedup_vs_roofline_ideal"]["all"]
+    assert roof["cases"] == 3 and roof["fraction_at_least_target"] == pytest.approx(2 / 3)  # 1.6, 0.4, 1.4
     strict = summarize(dense, gated, Targets(fraction_of_ideal=0.75))["b_speedup_vs_ideal"]
     assert strict["target_fraction_of_ideal"] == 0.75 and strict["all"]["fraction_at_least_target"] == 1 / 3
 
@@ -292,3 +331,24 @@ def test_timing_run_without_cuda_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     assert run_gpu.main(["--out", str(tmp_path / "x.json")]) == 2
     assert "timing needs a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+# ------------------------------------------------------------------ roofline
+def test_roofline_time_is_the_slower_of_compute_and_traffic() -> None:
+    peaks = DevicePeaks(matmul_tflops=500.0, copy_gbps=2000.0)
+    assert roofline_ms(10**9, 10**3, peaks) == pytest.approx(2e9 / 500e12 * 1e3)  # compute bound: 4 us
+    assert roofline_ms(10**3, 10**9, peaks) == pytest.approx(1e9 / 2000e9 * 1e3)  # memory bound: 0.5 ms
+    with pytest.raises(ValueError, match="positive"):
+        DevicePeaks(0.0, 1.0)
+
+
+def test_recorded_summary_sums_a_network_per_model_and_batch() -> None:
+    def rec(model: str, batch: int, cudnn: float, gated: float) -> dict:
+        return {"model": model, "batch": batch, "cudnn_ms": {"median": cudnn}, "triton_dense_ms": {"median": 1.0},
+                "triton_gated_ms": {"median": gated}, "macs_dense": 100, "macs_executed": 40,
+                "roofline_dense_ms": 2.0, "roofline_executed_ms": 1.0}  # fmt: skip
+
+    (net, other) = recorded_summary([rec("r50", 8, 1.0, 0.5), rec("r50", 8, 3.0, 1.5), rec("r50", 64, 1.0, 1.0)])
+    assert (net["model"], net["batch"], net["layers"]) == ("r50", 8, 2)
+    assert net["speedup"] == pytest.approx(4.0 / 2.0) and net["ideal_speedup"] == pytest.approx(2.5)
+    assert net["roofline_ideal_speedup"] == pytest.approx(2.0) and other["speedup"] == pytest.approx(1.0)

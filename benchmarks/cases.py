@@ -12,6 +12,7 @@ registered ops' PyTorch references, which is how the checks are tested on CPU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,10 +22,11 @@ import kernels
 
 from .counting import case_mask
 from .masks import BeaconCase, beacon_case
+from .recorded import RecordedLayer
 from .shapes import ConvShape
 from .sweep import DTYPE, Sweep, derived_seed
 
-__all__ = ["DEVICE", "ConvCase", "make_case"]
+__all__ = ["DEVICE", "ConvCase", "make_case", "recorded_case"]
 
 DEVICE = torch.device("cuda")
 """Where the timing cases live."""
@@ -42,6 +44,8 @@ class ConvCase:
         weight_cl: the weight ``[C_out, C_in, k, k]`` in channels_last, for cuDNN.
         scale, shift: float32 ``[C_out]`` epilogue of the Triton kernels.
         spec: the gate settings (:class:`kernels.GateSpec`).
+        decisions_given: the gated kernel is handed ``inputs.decisions``
+            (recorded real decisions) instead of computing its own.
     """
 
     shape: ConvShape
@@ -53,6 +57,7 @@ class ConvCase:
     scale: torch.Tensor
     shift: torch.Tensor
     spec: kernels.GateSpec
+    decisions_given: bool = False
 
     def cudnn(self) -> torch.Tensor:
         """``F.conv2d`` without bias or epilogue: output ``[N, C_out, OH, OW]``."""
@@ -69,7 +74,7 @@ class ConvCase:
         return kernels.gated_conv2d(
             self.inputs.x, self.packed, self.inputs.gate_scale, self.inputs.gate_shift,
             scale=self.scale, shift=self.shift, return_stats=return_stats, **self.spec.to_dict(),
-            **self.shape.conv_args(),
+            decisions=self.inputs.decisions if self.decisions_given else None, **self.shape.conv_args(),
         )  # fmt: skip
 
 
@@ -80,10 +85,42 @@ def make_case(
     mask = case_mask(sweep, shape, batch, density).to(device)
     seed = derived_seed(sweep, purpose, shape.name, batch, density)
     inputs = beacon_case(shape, mask, dtype=DTYPE, seed=seed, **sweep.spec.to_dict())
+    return _case(shape, batch, density, inputs, seed, sweep.spec, device)
+
+
+def recorded_case(
+    sweep: Sweep, layer: RecordedLayer, batch: int, purpose: str, device: torch.device | str = DEVICE
+) -> ConvCase:
+    """A case of a recorded layer: its first ``batch`` images' decisions, handed to the gated kernel.
+
+    Random input and weight (the decisions are given, so they need not come
+    from them), the layer's own gate settings, ``density`` the decisions'
+    measured one.
+    """
+    shape = layer.shape()
+    decisions = layer.decisions[:batch].to(device).contiguous(memory_format=torch.channels_last)
+    seed = derived_seed(sweep, purpose, shape.name, batch, "real")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(shape.input_shape(batch), generator=gen, device=device).to(DTYPE)
+    fan_in = shape.in_channels * shape.kernel**2
+    weight = torch.randn(shape.out_channels, shape.in_channels, shape.kernel, shape.kernel, generator=gen,
+                         device=device) / math.sqrt(fan_in)  # fmt: skip
+    ones = torch.ones(shape.out_channels, device=device)
+    inputs = BeaconCase(x.contiguous(memory_format=torch.channels_last), weight.to(DTYPE), ones, 0 * ones, decisions,
+                        beacon=0.0)  # fmt: skip
+    density = float(decisions.float().mean()) if decisions.numel() else 0.0
+    return _case(shape, batch, density, inputs, seed, layer.spec, device, decisions_given=True)
+
+
+def _case(
+    shape: ConvShape, batch: int, density: float, inputs: BeaconCase, seed: int, spec: kernels.GateSpec,
+    device: torch.device | str, decisions_given: bool = False,
+) -> ConvCase:  # fmt: skip
+    """The case of ``inputs`` with the weight packed and a random folded-BN scale/shift seeded by ``seed + 1``."""
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     scale = 0.5 + torch.rand(shape.out_channels, generator=gen, device=device)
     shift = torch.rand(shape.out_channels, generator=gen, device=device) - 0.5
     return ConvCase(
         shape, batch, density, inputs, kernels.pack_weight(inputs.weight),
-        inputs.weight.contiguous(memory_format=torch.channels_last), scale, shift, sweep.spec,
+        inputs.weight.contiguous(memory_format=torch.channels_last), scale, shift, spec, decisions_given,
     )  # fmt: skip

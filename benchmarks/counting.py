@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from gating.accounting import LayerCount, dense_count, gated_count
+from gating.gates import ChannelGatedConv2d
+from kernels import COUNTER_FIELDS, gated_kernel_counters
 
 from .masks import blob_scores, group_decisions, top_fraction
 from .shapes import ConvShape, gated_module
@@ -30,10 +32,12 @@ __all__ = [
     "count_records",
     "dense_fields",
     "network_totals",
+    "schedule_fields",
 ]
 
 TOTALLED_FIELDS = (
     "macs_dense", "macs_executed", "bytes_dense", "bytes_executed", "conditional_macs", "kernel_conditional_macs",
+    "tiled_kernel_conditional_macs",
 )  # fmt: skip
 """Fields of a count record that :func:`network_totals` adds up over layers."""
 
@@ -77,6 +81,20 @@ def count_fields(count: LayerCount) -> dict[str, object]:
     }
 
 
+def schedule_fields(module: ChannelGatedConv2d, decisions: torch.Tensor) -> dict[str, int]:
+    """``tiled_kernel_conditional_macs``: what the single-launch tiled schedule would run on ``decisions``.
+
+    ``kernel_conditional_macs`` (from :func:`count_fields`) is the default
+    schedule's; this one is kept beside it so every record compares both.
+    """
+    counters = gated_kernel_counters(
+        decisions.cpu(), module.in_channels, module.out_channels, module.kernel_size,
+        base_fraction=module.base_fraction, base_layout=module.base_layout, gate_group=module.gate_group,
+        schedule="tiled",
+    )  # fmt: skip
+    return {"tiled_kernel_conditional_macs": int(counters[COUNTER_FIELDS.index("conditional_macs")])}
+
+
 def dense_fields(sweep: Sweep, shape: ConvShape, batch: int) -> dict[str, int]:
     """``macs_dense`` and ``bytes_dense`` of the plain conv of (shape, batch): the work of a dense run."""
     module = gated_module(shape, sweep.spec)
@@ -93,13 +111,14 @@ def count_records(sweep: Sweep, shapes: Sequence[ConvShape]) -> list[dict[str, o
     """Counts of every (shape, batch, density) from the masks themselves (no conv is run)."""
     records = []
     for shape in shapes:
-        groups = gated_module(shape, sweep.spec).num_groups
+        module = gated_module(shape, sweep.spec)
         for batch in sweep.batches:
             for density in sweep.densities:
-                decisions = group_decisions(case_mask(sweep, shape, batch, density), groups)
+                decisions = group_decisions(case_mask(sweep, shape, batch, density), module.num_groups)
                 count = count_case(sweep, shape, batch, decisions)
                 records.append(
-                    {**case_key(shape, batch), "mask_source": "blob", "target_density": density, **count_fields(count)}
+                    {**case_key(shape, batch), "mask_source": "blob", "target_density": density, **count_fields(count),
+                     **schedule_fields(module, decisions)}  # fmt: skip
                 )
     return records
 
@@ -108,7 +127,10 @@ def network_totals(records: Iterable[dict[str, object]]) -> list[dict[str, objec
     """Per (model, mask source, batch, density): MACs and bytes of the counted layers of the whole network.
 
     ``kernel_overhead`` is the gated Triton kernel's conditional MACs over the
-    exact conditional MACs (``None`` when nothing conditional ran).
+    exact conditional MACs (``None`` when nothing conditional ran), for the
+    default schedule; ``tiled_kernel_overhead`` the same for the tiled
+    schedule; ``worst_layer_kernel_overhead`` the largest per-record
+    ``kernel_overhead`` of the group (every layer, however small its share).
 
     Each shape's counts are weighted by how many layers have it (the 7x7 stem
     and the classifier are not included).
@@ -119,9 +141,14 @@ def network_totals(records: Iterable[dict[str, object]]) -> list[dict[str, objec
         total = totals.setdefault(tuple(key.values()), key | dict.fromkeys(TOTALLED_FIELDS, 0))
         for field in TOTALLED_FIELDS:
             total[field] += rec["layers"] * rec[field]
+        if rec["kernel_overhead"] is not None:
+            worst = total.get("worst_layer_kernel_overhead") or 0.0
+            total["worst_layer_kernel_overhead"] = max(worst, rec["kernel_overhead"])
     for total in totals.values():
         total["ideal_speedup"] = total["macs_dense"] / total["macs_executed"]
         total["ideal_bytes_speedup"] = total["bytes_dense"] / total["bytes_executed"]
         exact = total["conditional_macs"]
         total["kernel_overhead"] = total["kernel_conditional_macs"] / exact if exact else None
+        total["tiled_kernel_overhead"] = total["tiled_kernel_conditional_macs"] / exact if exact else None
+        total.setdefault("worst_layer_kernel_overhead", None)
     return list(totals.values())

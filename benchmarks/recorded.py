@@ -29,7 +29,8 @@ from gating.accounting import CallRecorder, gated_count
 from gating.modes import train_mode
 from kernels import GateSpec, conv_output_size, gate_group_count
 
-from .counting import count_fields
+from .counting import count_fields, schedule_fields
+from .shapes import ConvShape
 from .sweep import ELEM_SIZE
 
 __all__ = [
@@ -100,6 +101,19 @@ class RecordedLayer:
             self.in_channels, self.out_channels, self.kernel, self.stride, self.padding, self.dilation,
             spec=self.spec, dtype=torch.bfloat16,
         ).eval()  # fmt: skip
+
+    def shape(self) -> ConvShape:
+        """The layer as a benchmark :class:`~benchmarks.shapes.ConvShape` (square kernel, stride, padding, dilation).
+
+        Raises ``NotImplementedError`` naming the layer when one of them is not square.
+        """
+        pairs = {"kernel": self.kernel, "stride": self.stride, "padding": self.padding, "dilation": self.dilation}
+        uneven = [f"{name}={value}" for name, value in pairs.items() if value[0] != value[1]]
+        if uneven:
+            raise NotImplementedError(f"layer {self.name}: the benchmark cases are square, got {', '.join(uneven)}")
+        square = {name: value[0] for name, value in pairs.items()}
+        return ConvShape(self.name, (self.name,), self.in_channels, self.out_channels, height=self.height,
+                         width=self.width, **square)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values and the decisions tensor, as stored in a decisions file."""
@@ -194,7 +208,7 @@ def recorded_records(
             records.append(
                 {
                     "model": model, "shape": layer.name, "layers": 1, "batch": batch, "mask_source": "real",
-                    "target_density": None, **count_fields(count),
+                    "target_density": None, **count_fields(count), **schedule_fields(module, decisions),
                 }
             )  # fmt: skip
     return records

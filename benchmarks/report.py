@@ -44,6 +44,7 @@ __all__ = [
     "print_rates",
     "print_summary",
     "print_totals",
+    "recorded_summary",
     "summarize",
     "tflops",
 ]
@@ -92,6 +93,32 @@ def geomean(values: Sequence[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
 
+def recorded_summary(recorded: Sequence[dict]) -> list[dict[str, object]]:
+    """Per (model, batch) of the timed real decisions: the whole network's times and speedups.
+
+    Sums over the recorded layer calls: cuDNN, Triton dense and Triton gated
+    median times, the speedup over cuDNN, and the MAC- and roofline-ideal
+    speedups of the summed counts and roofline times.
+    """
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for rec in recorded:
+        groups.setdefault((rec["model"], rec["batch"]), []).append(rec)
+    summary = []
+    for (model, batch), recs in groups.items():
+        cudnn = sum(r["cudnn_ms"]["median"] for r in recs)
+        dense = sum(r["triton_dense_ms"]["median"] for r in recs)
+        gated = sum(r["triton_gated_ms"]["median"] for r in recs)
+        macs_dense, macs_executed = (sum(r[f] for r in recs) for f in ("macs_dense", "macs_executed"))
+        roofline_dense = sum(r["roofline_dense_ms"] for r in recs)
+        roofline_executed = sum(r["roofline_executed_ms"] for r in recs)
+        summary.append({
+            "model": model, "batch": batch, "layers": len(recs), "cudnn_ms": cudnn, "triton_dense_ms": dense,
+            "triton_gated_ms": gated, "speedup": cudnn / gated, "ideal_speedup": macs_dense / macs_executed,
+            "roofline_ideal_speedup": roofline_dense / roofline_executed,
+        })  # fmt: skip
+    return summary
+
+
 def _ratio_summary(ratios: Sequence[float], targets: Targets) -> dict[str, object]:
     return {
         "cases": len(ratios),
@@ -129,6 +156,11 @@ def summarize(dense: Sequence[dict], gated: Sequence[dict], targets: Targets = T
                 )
                 for d in targets.sparse_densities
             },
+        },
+        "b_speedup_vs_roofline_ideal": {
+            "target_fraction_of_ideal": targets.fraction_of_ideal,
+            "batches": list(targets.summary_batches),
+            "all": _ratio_summary([rec["speedup_over_roofline_ideal"] for rec in sparse], targets),
         },
         "c_gated_over_dense_at_density_1": {
             "cases": len(full), "geomean": geomean(full), "max": max(full) if full else None,
@@ -186,10 +218,23 @@ def print_summary(summary: dict[str, object]) -> None:
             f"{b['target_fraction_of_ideal']} x ideal in {_fmt(part['fraction_at_least_target'])} of them, "
             f"geomean speedup/ideal {_fmt(part['geomean_speedup_over_ideal'])}"
         )
+    roof = summary["b_speedup_vs_roofline_ideal"]["all"]
+    print(
+        f"(b) all densities, against the roofline-ideal speedup: {roof['cases']} cases, >= "
+        f"{b['target_fraction_of_ideal']} x in {_fmt(roof['fraction_at_least_target'])}, "
+        f"geomean {_fmt(roof['geomean_speedup_over_ideal'])}"
+    )
     print(
         f"(c) density 1.0, gated / Triton dense time ({c['cases']} cases): "
         f"geomean {_fmt(c['geomean'])}, max {_fmt(c['max'])}"
     )
+    for net in summary.get("d_real_decisions", []):
+        print(
+            f"(d) real decisions, {net['model']} b{net['batch']} ({net['layers']} layer calls): cuDNN "
+            f"{net['cudnn_ms']:.3f} ms, Triton dense {net['triton_dense_ms']:.3f} ms, gated "
+            f"{net['triton_gated_ms']:.3f} ms; speedup {net['speedup']:.2f}x (ideal {net['ideal_speedup']:.2f}x, "
+            f"roofline {net['roofline_ideal_speedup']:.2f}x)"
+        )
 
 
 def print_rates(dense: Iterable[dict], gated: Iterable[dict]) -> None:
@@ -222,17 +267,23 @@ def print_totals(totals: Iterable[dict[str, object]]) -> None:
     """Whole-network counted MACs and bytes per (model, mask source, batch, density), and the kernel's overhead.
 
     ``kernel/exact cond``: conditional MACs the gated Triton kernel runs (whole
-    tiles) over the exact conditional MACs of the decisions.
+    tiles, default schedule) over the exact conditional MACs of the decisions;
+    ``worst layer``: the largest of that ratio over the layers; ``tiled``: the
+    same whole-network ratio for the single-launch tiled schedule.
     """
     print(
         f"{'model':<12}{'masks':>6}{'batch':>6}{'density':>9}{'GMACs dense':>13}{'GMACs exec':>12}"
-        f"{'ideal x':>9}{'MB dense':>10}{'MB exec':>10}{'kernel/exact cond':>19}"
+        f"{'ideal x':>9}{'MB dense':>10}{'MB exec':>10}{'kernel/exact cond':>19}{'worst layer':>13}{'tiled':>8}"
     )
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     for t in totals:
-        overhead = "-" if t["kernel_overhead"] is None else f"{t['kernel_overhead']:.2f}"
         density = "learned" if t["target_density"] is None else t["target_density"]
         print(
             f"{t['model']:<12}{t['mask_source']:>6}{t['batch']:>6}{density:>9}"
             f"{t['macs_dense'] / 1e9:>13.2f}{t['macs_executed'] / 1e9:>12.2f}{t['ideal_speedup']:>9.2f}"
-            f"{t['bytes_dense'] / 1e6:>10.1f}{t['bytes_executed'] / 1e6:>10.1f}{overhead:>19}"
+            f"{t['bytes_dense'] / 1e6:>10.1f}{t['bytes_executed'] / 1e6:>10.1f}{ratio(t['kernel_overhead']):>19}"
+            f"{ratio(t['worst_layer_kernel_overhead']):>13}{ratio(t['tiled_kernel_overhead']):>8}"
         )

@@ -2,7 +2,7 @@
 
 Run on a CUDA machine from the repository root::
 
-    python -m benchmarks.run_gpu                      # full sweep, ~8 min on an H200
+    python -m benchmarks.run_gpu                      # full sweep
     python -m benchmarks.run_gpu --quick              # the dominant ResNet-50 shapes, batches 8 and 64
     python -m benchmarks.run_gpu --count-only --out /tmp/counts.json   # MAC/byte counts only, any machine
 
@@ -45,6 +45,21 @@ the run exit with status 1 after writing the JSON.
 ideal speedup is ``macs_dense / macs_executed``. The kernel's own counters
 (``GatedConvStats``: tiles and tile-rounded MACs it ran) come from one extra
 call with ``return_stats=True`` outside the timed region.
+
+**Real decisions.** ``--decisions FILE...`` (recorded by
+``python -m benchmarks.record_decisions``) adds, per recorded layer call and
+swept batch no larger than the recording, a record (``mask_source`` ``"real"``)
+timed like the others but with the recorded decisions handed to the gated
+kernel (``decisions=``; random input and weight), checked at the check batch,
+and a whole-network summary (d) per (model, batch): summed cuDNN, Triton
+dense and gated times, the speedup and its MAC- and roofline-ideal values.
+With ``--count-only`` they are counted instead.
+
+**Roofline.** The run first measures the device's bf16 matmul peak and copy
+bandwidth (:mod:`benchmarks.roofline`, ``device_peaks`` in the JSON); every
+gated record holds ``roofline_ideal_speedup`` (the dense roofline time over
+the executed one, ``max(2*MACs/peak, bytes/bandwidth)``) beside the MAC ideal,
+and ``speedup_over_roofline_ideal``; the summary (b) reports both.
 
 **Achieved rates.** Beside each time, every timed record holds TFLOP/s
 (``2 * MACs / ms * 1e-9``) and GB/s (``bytes / ms * 1e-6``) at each time
@@ -93,11 +108,11 @@ from kernels.partition import BASE_LAYOUTS
 
 from .checks import failures
 from .counting import count_records, network_totals
-from .recorded import load_decisions, recorded_records
-from .report import default_out, environment, print_rates, print_summary, print_totals, summarize
+from .recorded import RecordedLayer, load_decisions, recorded_records
+from .report import default_out, environment, print_rates, print_summary, print_totals, recorded_summary, summarize
 from .shapes import MODELS, QUICK_MIN_COUNT, select_shapes
 from .sweep import Sweep
-from .timing import QUANTILES, timing_records
+from .timing import QUANTILES, recorded_timing_records, timing_records
 
 __all__ = ["build_parser", "main", "parse_args", "run", "sweep_from_args"]
 
@@ -131,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gate-group", type=int, default=full.gate_group, help="default: %(default)s")
     parser.add_argument(
         "--decisions", nargs="+", type=Path, default=[], metavar="FILE",
-        help="with --count-only: also count these recorded real decisions (python -m benchmarks.record_decisions)",
+        help="also count (and, on CUDA, time) these recorded real decisions (python -m benchmarks.record_decisions)",
     )  # fmt: skip
     return parser
 
@@ -165,17 +180,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         sweep_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.decisions and not args.count_only:
-        parser.error("--decisions needs --count-only (timing on recorded decisions is not implemented yet)")
     return args
 
 
 def run(sweep: Sweep, count_only: bool, out: Path | None = None, decisions: Sequence[Path] = ()) -> int:
     """Count (``count_only``) or time the sweep, write the JSON to ``out`` and print the tables.
 
-    ``decisions``: files of recorded real decisions, counted beside the blob
-    masks at the sweep's batches (``count_only`` only); a bad file exits with
-    status 2 before anything is written.
+    ``decisions``: files of recorded real decisions, counted (``count_only``)
+    or timed beside the blob masks at the sweep's batches; a bad file exits
+    with status 2 before anything is written.
 
     Returns the exit status: 0, 1 when a check failed (the JSON is written
     first), 2 for a timing run without CUDA (nothing is written).
@@ -197,23 +210,27 @@ def run(sweep: Sweep, count_only: bool, out: Path | None = None, decisions: Sequ
         "parameters": sweep.to_dict() | {"count_only": count_only, "quantiles": list(QUANTILES.values())},
         "shapes": [shape.to_dict() for shape in shapes],
     }
+    try:
+        recorded = [_recorded_layers(path) for path in decisions]
+    except (ValueError, NotImplementedError) as exc:
+        print(f"run_gpu: {exc}", file=sys.stderr)
+        return 2
     if count_only:
-        try:
-            real = [record for path in decisions for record in _recorded(path, sweep.batches)]
-        except ValueError as exc:
-            print(f"run_gpu: {exc}", file=sys.stderr)
-            return 2
+        real = [record for model, layers in recorded for record in recorded_records(layers, sweep.batches, model)]
         records = count_records(sweep, shapes) + real
         totals = network_totals(records)
         payload |= {"counts": records, "network_totals": totals}
         bad: list[str] = []
         print_totals(totals)
     else:
-        dense, gated = timing_records(sweep, shapes)
-        summary = summarize(dense, gated)
-        bad = failures(dense, gated)
-        payload |= {"dense": dense, "gated": gated, "summary": summary, "failed_checks": bad}
-        print_rates(dense, gated)
+        dense, gated, peaks = timing_records(sweep, shapes)
+        real = recorded_timing_records(sweep, recorded, peaks)
+        summary = summarize(dense, gated) | {"d_real_decisions": recorded_summary(real)}
+        dense_checks = [{"shape": r["shape"], "batch": r["batch"], "check": r["dense_check"]} for r in real]
+        bad = failures(dense + dense_checks, gated + real)
+        payload |= {"device_peaks": peaks.to_dict(), "dense": dense, "gated": gated, "recorded": real,
+                    "summary": summary, "failed_checks": bad}  # fmt: skip
+        print_rates(dense, gated + real)
         print_summary(summary)
     payload["wall_s"] = time.perf_counter() - start
     atomic_write_json(payload, out)
@@ -230,11 +247,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(sweep_from_args(args), args.count_only, args.out, args.decisions)
 
 
-def _recorded(path: Path, batches: Sequence[int]) -> list[dict[str, object]]:
-    """Count records of a decisions file, named after the model its layers come from."""
+def _recorded_layers(path: Path) -> tuple[str, list[RecordedLayer]]:
+    """A decisions file's layers and the model they come from (their names' first part).
+
+    Raises ``ValueError`` for a bad file and ``NotImplementedError`` for a
+    layer the benchmark cases cannot build (non-square geometry).
+    """
     layers, _ = load_decisions(path)
-    model = layers[0].name.split(".")[0] if layers else path.stem
-    return recorded_records(layers, batches, model)
+    for layer in layers:
+        layer.shape()
+    return (layers[0].name.split(".")[0] if layers else path.stem), layers
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 * :func:`conv2d`: dense implicit-GEMM convolution with a fused
   scale/shift/residual/ReLU epilogue (op ``gating::conv2d``).
 * :func:`gated_conv2d`: partial-sum channel-gated convolution that skips the
-  conditional work of gated-off (pixel tile, gate group) pairs on device (op
-  ``gating::gated_conv2d``); :class:`GatedConvStats` reads its work counters.
+  conditional work of gated-off (pixel, gate group) pairs on device, compacting
+  each group's active pixels across the batch (op ``gating::gated_conv2d``);
+  :class:`GatedConvStats` reads its work counters.
 * :mod:`kernels.library`: the op registrations (reference on CPU, Triton on
   CUDA, fake implementations, FLOP formulas; ``docs/design.md#registered-ops``).
 * :mod:`kernels.reference`: the PyTorch spec of both, on any device and dtype.
@@ -14,7 +15,8 @@
   :mod:`kernels.work`: the gated MAC rule (shared with ``gating.accounting``);
   :mod:`kernels.gated_tiling`: the gated kernel's tiles and skipping rule, and
   :func:`gated_kernel_counters`, the work it will execute on given decisions
-  (pure PyTorch, any machine).
+  (pure PyTorch, any machine); :mod:`kernels.compaction`: the on-device lists
+  of each gate group's active pixels (:func:`active_rows`).
 * :func:`conv_output_size`, :func:`conv_input_span`, :func:`as_pair`: the one
   conv-size rule and the one ``(h, w)`` normaliser.
 
@@ -38,7 +40,16 @@ from .partition import (
     group_index,
     group_sum,
 )
-from .gated_tiling import GatedTiling, gated_kernel_counters, gated_tiling
+from .compaction import ActiveRows, active_rows
+from .gated_tiling import (
+    SCHEDULES,
+    CompactTiling,
+    GatedTiling,
+    compact_tiling,
+    gated_kernel_counters,
+    gated_tiling,
+    resolve_schedule,
+)
 from .reference import conv2d_reference, gated_conv2d_reference
 from .spec import GateSpec
 from .work import COUNTER_FIELDS, GatedConvStats, gated_mac_terms
@@ -64,6 +75,12 @@ __all__ = [
     "GatedTiling",
     "gated_tiling",
     "gated_kernel_counters",
+    "SCHEDULES",
+    "CompactTiling",
+    "compact_tiling",
+    "resolve_schedule",
+    "ActiveRows",
+    "active_rows",
     "conv2d_reference",
     "gated_conv2d_reference",
     "base_channels",

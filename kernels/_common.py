@@ -103,6 +103,9 @@ class BaseIntervals(NamedTuple):
     lo: torch.Tensor  # int32 [C_out]
     hi: torch.Tensor  # int32 [C_out]
     alignment: int  # 8 when C_in and every bound are multiples of 8, else 1
+    uniform: bool  # every output channel has the same interval (the "first" layout)
+    uniform_lo: int  # that interval as host ints (0, 0 when not uniform)
+    uniform_hi: int
 
 
 @functools.lru_cache(maxsize=256)
@@ -113,7 +116,10 @@ def base_intervals(
 
     Cached per configuration and device, so after a first (warm-up) call the
     kernels make no host-to-device copy and are CUDA-graph capturable.
-    ``alignment`` lets the gated kernel promise aligned channel ranges.
+    ``alignment`` lets the gated kernel promise aligned channel ranges;
+    ``uniform`` lets it drop the per-(input, output channel) base masks of its
+    K loops (their ranges are then exactly the base / conditional channels),
+    so the weight tiles load as whole 16-byte rows.
     Raises ``NotImplementedError`` for a layout whose base channels are not one
     contiguous interval per output channel.
     """
@@ -124,7 +130,9 @@ def base_intervals(
     if not torch.equal(mask, (channel >= lo[:, None]) & (channel < hi[:, None])):
         raise NotImplementedError(f"base_layout={base_layout!r}: base channels are not one interval per output")
     aligned = in_channels % 8 == 0 and bool((lo % 8 == 0).all() and (hi % 8 == 0).all())
-    return BaseIntervals(lo.int().to(device), hi.int().to(device), 8 if aligned else 1)
+    uniform = bool((lo == lo[0]).all() and (hi == hi[0]).all())
+    bounds = (int(lo[0]), int(hi[0])) if uniform else (0, 0)
+    return BaseIntervals(lo.int().to(device), hi.int().to(device), 8 if aligned else 1, uniform, *bounds)
 
 
 def interpreting() -> bool:

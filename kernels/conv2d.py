@@ -110,6 +110,50 @@ def accumulate_taps(
 
 
 @triton.jit
+def accumulate_flat_k(
+    acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, base_lo, base_hi,
+    H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK_K: tl.constexpr, PATH: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """``acc += x[pixels, K] @ w[K, ch]`` over the flattened conditional K of every tap.
+
+    K enumerates (tap, channel) pairs, tap-major, over the channels
+    ``[0, r1_hi)`` and ``[r2_lo, C_in)`` (``n = r1_hi + C_in - r2_lo`` per
+    tap), in ``cdiv(KH*KW*n, BLOCK_K)`` steps: a K step may straddle two taps,
+    so few conditional channels per tap (12 of 16, 24 of 32) do not pad every
+    tap to ``BLOCK_K``. Each ``A`` element has its own tap offset (gathered
+    loads); with ``PATH`` conditional, weight entries are kept only where the
+    channel is conditional for the output channel (outside ``[base_lo,
+    base_hi)``; ``PATH_DENSE`` when the ranges are already exactly that).
+    """
+    offs_k = tl.arange(0, BLOCK_K)
+    img_off = img.to(tl.int64) * sxn
+    per_tap = r1_hi + (C_in - r2_lo)
+    total = KH * KW * per_tap
+    for k0 in range(0, total, BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < total
+        tap = k // tl.maximum(per_tap, 1)
+        virtual = k - tap * per_tap
+        cs = tl.where(virtual < r1_hi, virtual, virtual - r1_hi + r2_lo)
+        r = tap // KW
+        ih = oh[:, None] * SH - PH + (r * DH)[None, :]
+        iw = ow[:, None] * SW - PW + ((tap - r * KW) * DW)[None, :]
+        a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a = tl.load(x_ptr + img_off[:, None] + ih * sxh + iw * sxw + cs[None, :] * sxc, mask=a_ok, other=0.0)
+        w_mask = k_ok[:, None] & ch_ok[None, :]
+        if PATH == PATH_CONDITIONAL:
+            w_mask = w_mask & ((cs[:, None] < base_lo[None, :]) | (cs[:, None] >= base_hi[None, :]))
+        b = tl.load(w_ptr + (tap * C_in + cs)[:, None] * C_out + ch[None, :], mask=w_mask, other=0.0)
+        if UPCAST_DOT:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def store_epilogue(
     y, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, m_ok, ch, ch_ok,
     syn, syc, syh, syw, srn, src, srh, srw,

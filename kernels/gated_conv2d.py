@@ -1,11 +1,18 @@
 """Partial-sum channel-gated convolution in Triton (``docs/design.md#partial-sum-gate``, ``docs/design.md#kernels``).
 
-One launch computes, per (pixel tile, channel block) program: the base
-partial sum, the gate decisions in the epilogue, and the conditional partial
-sum only if some decision of the tile is on. The grid is sized by the upper
-bound and programs skip on the on-device decisions, so there is no host
+Two schedules (:data:`kernels.gated_tiling.SCHEDULES`). Compacted (the
+default for gate groups of 16 channels or more): a first launch computes,
+per (pixel tile, block of whole gate groups), the base partial sum, the
+decisions and the epilogue of the base sum; the active pixels of each gate
+group are listed across the batch on device (:mod:`kernels.compaction`); a
+second launch runs each group's conditional channels as an implicit GEMM
+over tiles of its listed pixels (rows of different images share a tile) and
+overwrites their outputs. Tiled: one launch whose (pixel tile, channel block)
+programs compute the base sum and decisions and run the conditional sum only
+if some decision of the tile is on. Grids are sized by the upper bound and
+programs skip on the on-device decisions, so there is no host
 synchronisation and the call is CUDA-graph capturable (after one warm-up call
-per configuration, which compiles the kernel and caches the base intervals
+per configuration, which compiles the kernels and caches the base intervals
 and the counters template). :func:`gated_conv2d` here is the CUDA
 implementation of the registered op ``gating::gated_conv2d``
 (``docs/design.md#registered-ops``); :func:`kernels.gated_conv2d` is the
@@ -42,41 +49,61 @@ from ._validation import ConvGeometry, validate_gated
 from .conv2d import (
     PATH_BASE,
     PATH_CONDITIONAL,
+    PATH_DENSE,
+    accumulate_flat_k,
     accumulate_taps,
     k_steps,
     pixel_coords,
     store_epilogue,
 )
-from .gated_tiling import GatedTiling, gated_tiling, tiling_tail
+from .compaction import active_rows
+from .gated_tiling import CompactTiling, GatedTiling, compact_tiling, gated_tiling, resolve_schedule, tiling_tail
 from .spec import GateSpec
 
 
 @triton.jit
 def _block_channels(pid_n, sub, gate_group, C_out, BLOCK_N: tl.constexpr, GROUP_SLOT: tl.constexpr,
-                    GROUPS_PER_BLOCK: tl.constexpr):  # fmt: skip
+                    GROUPS_PER_BLOCK: tl.constexpr, SLOT_IS_GROUP: tl.constexpr):  # fmt: skip
     """Output channels of the columns of sub-block ``sub`` of channel block ``pid_n``, and their validity.
 
     Column ``col`` is offset ``col % GROUP_SLOT + sub*BLOCK_N`` inside gate
     group ``pid_n*GROUPS_PER_BLOCK + col // GROUP_SLOT``; offsets past the
     group's size (padding of a non-power-of-two group) and channels past C_out
-    are invalid.
+    are invalid. ``SLOT_IS_GROUP`` (the launcher's promise that
+    ``gate_group == GROUP_SLOT`` and ``GROUPS_PER_BLOCK*GROUP_SLOT == BLOCK_N``)
+    gives the same channels as one contiguous run, which the compiler can
+    load as 16-byte vectors.
     """
     col = tl.arange(0, BLOCK_N)
+    if SLOT_IS_GROUP:
+        ch = pid_n * BLOCK_N + col
+        return ch, ch < C_out
     within = col % GROUP_SLOT + sub * BLOCK_N
     ch = (pid_n * GROUPS_PER_BLOCK + col // GROUP_SLOT) * gate_group + within
     return ch, (within < gate_group) & (ch < C_out)
 
 
 @triton.jit
-def _path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in):
+def _path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH: tl.constexpr):
     """Input-channel ranges the two K loops of a column block cover.
 
     Each output channel's base channels are ``[lo, hi)``. Base loop: the hull
     ``[min lo, max hi)``. Conditional loops: ``[0, r1_hi)`` and ``[r2_lo, C_in)``,
     i.e. everything but the channels that are base for every column
     ``[max lo, min hi)`` (all of ``[0, C_in)`` when that is empty). Weight
-    masks make the loops exact when a block spans several base chunks.
+    masks make the loops exact when a block spans several base chunks. With
+    ``BASE_PATH`` dense, every output channel's interval is ``[uniform_lo,
+    uniform_hi)`` (scalar arguments, so the compiler sees their alignment and
+    vectorises the loads) and no interval is read. A block without a valid
+    channel gets empty ranges.
     """
+    if BASE_PATH == PATH_DENSE:
+        any_valid = tl.max(ch_ok.to(tl.int32)) > 0
+        hull_lo = tl.where(any_valid, uniform_lo, C_in)
+        hull_hi = tl.where(any_valid, uniform_hi, 0)
+        r1_hi = tl.where(any_valid, uniform_lo, 0)
+        r2_lo = tl.where(any_valid, uniform_hi, C_in)
+        return ch, ch, hull_lo, hull_hi, r1_hi, r2_lo
     lo = tl.load(base_lo_ptr + ch, mask=ch_ok, other=0)
     hi = tl.load(base_hi_ptr + ch, mask=ch_ok, other=0)
     hull_lo = tl.min(tl.where(ch_ok, lo, C_in))
@@ -90,20 +117,59 @@ def _path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in):
 
 
 @triton.jit
+def _conditional_sum(
+    x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
+    H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FLAT_K: tl.constexpr, COND_PATH: tl.constexpr, RANGE_ALIGN: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """``Yr`` ``[BLOCK_M, BLOCK_N]`` float32: the conditional channels ``[0, r1_hi)`` and ``[r2_lo, C_in)`` of every tap.
+
+    Per tap (two :func:`accumulate_taps` loops) or, with ``FLAT_K``, over the
+    flattened (tap, channel) K of :func:`accumulate_flat_k`.
+    """
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if FLAT_K:
+        return accumulate_flat_k(
+            acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
+            H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW, KH, KW, BLOCK_K, COND_PATH,
+            UPCAST_DOT, DOT_PRECISION,
+        )  # fmt: skip
+    acc = accumulate_taps(
+        acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, 0, r1_hi, lo, hi,
+        H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+        KH, KW, BLOCK_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+    )  # fmt: skip
+    return accumulate_taps(
+        acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r2_lo, C_in, lo, hi,
+        H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+        KH, KW, BLOCK_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+    )  # fmt: skip
+
+
+@triton.jit
 def _gated_conv2d_kernel(
-    x_ptr, w_ptr, y_ptr, dec_ptr, gate_scale_ptr, gate_shift_ptr, base_lo_ptr, base_hi_ptr,
+    x_ptr, w_ptr, y_ptr, yp_ptr, dec_ptr, gate_scale_ptr, gate_shift_ptr, base_lo_ptr, base_hi_ptr,
     scale_ptr, shift_ptr, res_ptr, stats_ptr,
-    M, H, W, C_in, C_out, OH, OW, G, gate_group,
+    M, H, W, C_in, C_out, OH, OW, G, gate_group, uniform_lo, uniform_hi,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw, sdn, sdg, sdh, sdw, srn, src, srh, srw,
     SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_SLOT: tl.constexpr, GROUPS_PER_BLOCK: tl.constexpr, SUB_BLOCKS: tl.constexpr, RANGE_ALIGN: tl.constexpr,
-    HAS_DECISIONS: tl.constexpr, COUNT_STATS: tl.constexpr,
+    GROUP_SLOT: tl.constexpr, GROUPS_PER_BLOCK: tl.constexpr, SUB_BLOCKS: tl.constexpr, SLOT_IS_GROUP: tl.constexpr,
+    RANGE_ALIGN: tl.constexpr, BASE_PATH: tl.constexpr, COND_PATH: tl.constexpr,
+    HAS_DECISIONS: tl.constexpr, COUNT_STATS: tl.constexpr, COMPACT: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One program per (tile of BLOCK_M output pixels, block of GROUPS_PER_BLOCK whole gate groups).
+
+    With ``COMPACT`` this is the first launch of the compacted schedule: no
+    conditional loops; pass 2 stores the epilogue of the base sum for every
+    pixel and, for the active (pixel, group) pairs, the float32 base sum into
+    ``yp_ptr`` (``[M, C_out]``), which ``_gated_conditional_kernel`` completes.
+    Otherwise (the single-launch tiled schedule):
 
     The block's columns are ``SUB_BLOCKS`` sub-blocks of ``BLOCK_N`` (see
     :func:`gated_tiling`). Pass 1 (skipped when decisions are given): base
@@ -129,12 +195,16 @@ def _gated_conv2d_kernel(
     else:
         z_sum = tl.zeros([BLOCK_M, GROUPS_PER_BLOCK], dtype=tl.float32)
         for sub in tl.static_range(SUB_BLOCKS):
-            ch, ch_ok = _block_channels(pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK)
-            lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = _path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in)
+            ch, ch_ok = _block_channels(
+                pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK, SLOT_IS_GROUP
+            )
+            lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = _path_ranges(
+                base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
+            )
             y_base = accumulate_taps(
                 tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
                 hull_lo, hull_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                KH, KW, BLOCK_K, PATH_BASE, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+                KH, KW, BLOCK_K, BASE_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
             )  # fmt: skip
             base_steps += k_steps(hull_lo, hull_hi, BLOCK_K)
             g_scale = tl.load(gate_scale_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)
@@ -149,27 +219,30 @@ def _gated_conv2d_kernel(
     on = on != 0
     cond_steps = 0
     for sub in tl.static_range(SUB_BLOCKS):
-        ch, ch_ok = _block_channels(pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK)
-        lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = _path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in)
+        ch, ch_ok = _block_channels(
+            pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK, SLOT_IS_GROUP
+        )
+        lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = _path_ranges(
+            base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
+        )
         if HAS_DECISIONS or SUB_BLOCKS > 1:
             y_base = accumulate_taps(
                 tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
                 hull_lo, hull_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                KH, KW, BLOCK_K, PATH_BASE, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+                KH, KW, BLOCK_K, BASE_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
             )  # fmt: skip
             base_steps += k_steps(hull_lo, hull_hi, BLOCK_K)
         cond_steps += k_steps(0, r1_hi, BLOCK_K) + k_steps(r2_lo, C_in, BLOCK_K)
         y = y_base
-        if any_on:
-            y_cond = accumulate_taps(
-                tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
-                0, r1_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                KH, KW, BLOCK_K, PATH_CONDITIONAL, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
-            )  # fmt: skip
-            y_cond = accumulate_taps(
-                y_cond, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
-                r2_lo, C_in, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                KH, KW, BLOCK_K, PATH_CONDITIONAL, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+        if COMPACT:
+            pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+            yp_offs = pix.to(tl.int64)[:, None] * C_out + ch[None, :]
+            tl.store(yp_ptr + yp_offs, y_base, mask=m_ok[:, None] & ch_ok[None, :] & on)
+        elif any_on:
+            y_cond = _conditional_sum(
+                x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
+                H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+                KH, KW, BLOCK_M, BLOCK_N, BLOCK_K, False, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
             )  # fmt: skip
             y = y_base + tl.where(on, y_cond, 0.0)
         store_epilogue(
@@ -180,9 +253,73 @@ def _gated_conv2d_kernel(
         step_macs = BLOCK_M * BLOCK_N * KH * KW * BLOCK_K
         tl.atomic_add(stats_ptr, 1)
         tl.atomic_add(stats_ptr + 2, base_steps.to(tl.int64) * step_macs)
-        if any_on:
+        if not COMPACT:
+            if any_on:
+                tl.atomic_add(stats_ptr + 1, 1)
+                tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * step_macs)
+
+
+@triton.jit
+def _gated_conditional_kernel(
+    x_ptr, w_ptr, y_ptr, yp_ptr, rows_ptr, counts_ptr, base_lo_ptr, base_hi_ptr,
+    scale_ptr, shift_ptr, res_ptr, stats_ptr,
+    M, H, W, C_in, C_out, OH, OW, gate_group, uniform_lo, uniform_hi, tiles_per_column, rows_stride,
+    sxn, sxc, sxh, sxw, syn, syc, syh, syw, srn, src, srh, srw,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_SLOT: tl.constexpr, SUB_BLOCKS: tl.constexpr, SLOT_IS_GROUP: tl.constexpr, RANGE_ALIGN: tl.constexpr,
+    FLAT_K: tl.constexpr, BASE_PATH: tl.constexpr, COND_PATH: tl.constexpr, COUNT_STATS: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Second launch of the compacted schedule: one program per (gate group, sub-block, tile of active pixels).
+
+    The grid is sized by the upper bound (``tiles_per_column = cdiv(M, BLOCK_M)``
+    tiles per column); a program whose tile starts past its group's count of
+    active pixels (``counts_ptr``), or whose sub-block lies past the group's
+    last channel, does nothing. Otherwise it gathers its
+    ``BLOCK_M`` pixels from the group's list (``rows_ptr``, which may mix
+    images), runs the conditional K loops as an implicit GEMM over those rows
+    (3x3 halo read from the channels_last input; per tap, or with ``FLAT_K``
+    over the flattened (tap, channel) K of :func:`accumulate_flat_k`), adds the float32 base sum
+    the first launch left in ``yp_ptr`` and stores the fused epilogue over the
+    first launch's output. Counters: conditional tiles and MACs.
+    """
+    pid = tl.program_id(0)
+    column = pid // tiles_per_column
+    tile = pid - column * tiles_per_column
+    group = column // SUB_BLOCKS
+    sub = column - group * SUB_BLOCKS
+    count = tl.load(counts_ptr + group)
+    group_width = tl.minimum(gate_group, C_out - group * gate_group)
+    if (tile * BLOCK_M < count) & (sub * BLOCK_N < group_width):
+        slot = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = slot < count
+        pix = tl.load(rows_ptr + group.to(tl.int64) * rows_stride + slot, mask=m_ok, other=0)
+        img, oh, ow, _ = pixel_coords(pix, M, OH, OW)
+        ch, ch_ok = _block_channels(group, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, 1, SLOT_IS_GROUP)
+        lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = _path_ranges(
+            base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
+        )
+        yp_offs = pix.to(tl.int64)[:, None] * C_out + ch[None, :]
+        y = tl.load(yp_ptr + yp_offs, mask=m_ok[:, None] & ch_ok[None, :], other=0.0)
+        y_cond = _conditional_sum(
+            x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
+            H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+            KH, KW, BLOCK_M, BLOCK_N, BLOCK_K, FLAT_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+        )  # fmt: skip
+        if FLAT_K:
+            cond_steps = tl.cdiv(KH * KW * (r1_hi + C_in - r2_lo), BLOCK_K)
+        else:
+            cond_steps = KH * KW * (k_steps(0, r1_hi, BLOCK_K) + k_steps(r2_lo, C_in, BLOCK_K))
+        store_epilogue(
+            y + y_cond, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, m_ok, ch, ch_ok,
+            syn, syc, syh, syw, srn, src, srh, srw, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL, RELU,
+        )  # fmt: skip
+        if COUNT_STATS:
             tl.atomic_add(stats_ptr + 1, 1)
-            tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * step_macs)
+            tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * (BLOCK_M * BLOCK_N * BLOCK_K))
 
 
 @functools.lru_cache(maxsize=256)
@@ -214,6 +351,7 @@ def gated_conv2d(
     groups: int = 1,
     decisions: torch.Tensor | None = None,
     count_work: bool = False,
+    schedule: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton launch of the partial-sum channel-gated conv (groups=1) that skips gated-off conditional work on device.
 
@@ -239,18 +377,29 @@ def gated_conv2d(
         decisions: optional bool ``[N, G, OH, OW]`` used instead of computing
             them (the gate statistic is then skipped).
         count_work: count the work executed into the counters (atomics).
+        schedule: ``"auto"`` (default: :func:`kernels.gated_tiling.resolve_schedule`,
+            compact for gate groups of 16 channels or more), ``"compact"`` or
+            ``"tiled"`` (:data:`kernels.gated_tiling.SCHEDULES`). Compact: a first launch
+            computes the base sums and decisions of every pixel and stores
+            the epilogue of the base sum; the active pixels of each gate group
+            are listed across the batch on device (:func:`kernels.compaction.active_rows`);
+            a second launch runs each group's conditional channels over tiles
+            of its listed pixels only and stores their outputs. Tiled: one
+            launch whose (pixel tile, channel block) programs run their
+            conditional loops when any decision they cover is on.
 
     Returns:
         Fresh ``(out, decisions, counters)``: out ``[N, C_out, OH, OW]`` in x's
         dtype, channels_last; decisions bool ``[N, G, OH, OW]``,
         ``G = ceil(C_out / gate_group)``, channels_last (a copy of the given
         ones, if any); counters int64 ``[9]`` laid out as
-        :data:`kernels.work.COUNTER_FIELDS` with ``count_work``, else an
-        empty int64 ``[0]``.
+        :data:`kernels.work.COUNTER_FIELDS` with ``count_work`` (the tiling
+        fields are the conditional tiles'), else an empty int64 ``[0]``.
         Work: the base K loop covers only each channel block's base input
-        channels; the conditional K loops run only in programs with an active
-        decision. No host sync; an empty batch returns empty results without
-        a launch. Inference only.
+        channels; conditional K loops run only for active decisions, in the
+        schedule's unit (:func:`kernels.gated_kernel_counters` predicts it). No
+        host sync (CUDA-graph capturable after a warm-up call); an empty batch
+        returns empty results without a launch. Inference only.
     """
     weight = weight_4d(weight)
     geom = validate_gated(
@@ -258,17 +407,24 @@ def gated_conv2d(
         base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, decisions=decisions,
         stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual, groups=groups,
     )  # fmt: skip
+    schedule = resolve_schedule(schedule, gate_group, geom.out_channels)
     require_kernel_support(x)
-    tiling = gated_tiling(geom.pixels, geom.in_channels, geom.out_channels, gate_group, base_fraction)
+    shape = (geom.pixels, geom.in_channels, geom.out_channels)
+    if schedule == "compact":
+        compact = compact_tiling(*shape, geom.kernel, gate_group, base_fraction, base_layout)
+        tiling, tail = compact.base, tiling_tail(compact.columns)
+    else:
+        compact, tiling = None, gated_tiling(*shape, gate_group, base_fraction)
+        tail = tiling_tail(tiling)
     y = new_output(geom, x)
     out_decisions = new_decisions(geom, gate_group, x)
     if decisions is not None:
         out_decisions.copy_(decisions)
-    counters = _counters_template(tiling_tail(tiling), x.device).clone() if count_work else _no_counters(x)
+    counters = _counters_template(tail, x.device).clone() if count_work else _no_counters(x)
     if geom.pixels == 0:
         return y, out_decisions, counters
     launch = _GatedLaunch(
-        geom, tiling, gate_group, channels_last(x), packed_data(weight), y, out_decisions.view(torch.uint8),
+        geom, tiling, compact, gate_group, channels_last(x), packed_data(weight), y, out_decisions.view(torch.uint8),
         contiguous_vector(gate_scale), contiguous_vector(gate_shift),
         base_intervals(geom.out_channels, geom.in_channels, base_fraction, base_layout, x.device),
         contiguous_vector(scale), contiguous_vector(shift), residual, relu, decisions is not None,
@@ -286,10 +442,11 @@ def _no_counters(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _GatedLaunch:
-    """Checked, laid-out arguments of one ``_gated_conv2d_kernel`` launch (``w`` packed ``[kh, kw, C_in, C_out]``)."""
+    """Checked, laid-out arguments of one gated call's launches (``w`` packed ``[kh, kw, C_in, C_out]``)."""
 
     geom: ConvGeometry
-    tiling: GatedTiling
+    tiling: GatedTiling  # the first (tiled: only) launch
+    compact: CompactTiling | None  # the compacted schedule's tiles, None for the tiled schedule
     gate_group: int
     x: torch.Tensor
     w: torch.Tensor
@@ -306,23 +463,70 @@ class _GatedLaunch:
     counters: torch.Tensor | None  # counted into when not None
 
     def run(self) -> None:
-        geom, tiling, y, residual = self.geom, self.tiling, self.y, self.residual
+        geom, tiling, y = self.geom, self.tiling, self.y
         num_gate_groups = partition.gate_group_count(geom.out_channels, self.gate_group)
+        base_sums = None
+        if self.compact is not None:
+            base_sums = torch.empty(geom.pixels, geom.out_channels, dtype=torch.float32, device=y.device)
         grid = (triton.cdiv(geom.pixels, tiling.block_m) * triton.cdiv(num_gate_groups, tiling.groups_per_block),)
         _gated_conv2d_kernel[grid](
-            self.x, self.w, y, self.dec_bytes, self.gate_scale, self.gate_shift, self.base.lo, self.base.hi,
-            optional_pointer(self.scale, y), optional_pointer(self.shift, y), optional_pointer(residual, y),
-            optional_pointer(self.counters, y),
+            self.x, self.w, y, optional_pointer(base_sums, y), self.dec_bytes, self.gate_scale, self.gate_shift,
+            self.base.lo, self.base.hi, *self._epilogue_pointers(),
             geom.pixels, geom.height, geom.width, geom.in_channels, geom.out_channels,
-            geom.out_height, geom.out_width, num_gate_groups, self.gate_group,
-            *self.x.stride(), *y.stride(), *self.dec_bytes.stride(), *tensor_strides(residual),
+            geom.out_height, geom.out_width, num_gate_groups, self.gate_group, *self._uniform_interval(),
+            *self.x.stride(), *y.stride(), *self.dec_bytes.stride(), *tensor_strides(self.residual),
             *geom.stride, *geom.padding, *geom.dilation,
             KH=geom.kernel[0], KW=geom.kernel[1],
             BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
             GROUP_SLOT=tiling.group_slot, GROUPS_PER_BLOCK=tiling.groups_per_block, SUB_BLOCKS=tiling.sub_blocks,
-            RANGE_ALIGN=self.base.alignment,
-            HAS_DECISIONS=self.decisions_given, COUNT_STATS=self.counters is not None,
-            HAS_SCALE=self.scale is not None, HAS_SHIFT=self.shift is not None,
-            HAS_RESIDUAL=residual is not None, RELU=self.relu,
-            num_warps=tiling.num_warps, num_stages=tiling.num_stages, **dot_options(self.x.dtype),
+            SLOT_IS_GROUP=self.gate_group == tiling.group_slot and tiling.sub_blocks == 1,
+            RANGE_ALIGN=self.base.alignment, **self._paths(),
+            HAS_DECISIONS=self.decisions_given, COUNT_STATS=self.counters is not None, COMPACT=base_sums is not None,
+            **self._epilogue_flags(), num_warps=tiling.num_warps, num_stages=tiling.num_stages,
+            **dot_options(self.x.dtype),
         )  # fmt: skip
+        if base_sums is not None:
+            self._run_conditional(base_sums, num_gate_groups)
+
+    def _run_conditional(self, base_sums: torch.Tensor, num_gate_groups: int) -> None:
+        """List each group's active pixels on device, then launch the conditional tiles over them."""
+        geom, tiling, y = self.geom, self.compact, self.y
+        flat = self.dec_bytes.permute(0, 2, 3, 1).reshape(geom.pixels, num_gate_groups)
+        rows, counts = active_rows(flat)
+        tiles_per_column = triton.cdiv(geom.pixels, tiling.block_m)
+        grid = (num_gate_groups * tiling.sub_blocks * tiles_per_column,)
+        _gated_conditional_kernel[grid](
+            self.x, self.w, y, base_sums, rows, counts, self.base.lo, self.base.hi, *self._epilogue_pointers(),
+            geom.pixels, geom.height, geom.width, geom.in_channels, geom.out_channels,
+            geom.out_height, geom.out_width, self.gate_group, *self._uniform_interval(), tiles_per_column,
+            rows.stride(0),
+            *self.x.stride(), *y.stride(), *tensor_strides(self.residual),
+            *geom.stride, *geom.padding, *geom.dilation,
+            KH=geom.kernel[0], KW=geom.kernel[1],
+            BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
+            GROUP_SLOT=tiling.group_slot, SUB_BLOCKS=tiling.sub_blocks,
+            SLOT_IS_GROUP=self.gate_group == tiling.group_slot and tiling.sub_blocks == 1,
+            RANGE_ALIGN=self.base.alignment, FLAT_K=tiling.flat_k, **self._paths(),
+            COUNT_STATS=self.counters is not None,
+            **self._epilogue_flags(), num_warps=tiling.num_warps, num_stages=tiling.num_stages,
+            **dot_options(self.x.dtype),
+        )  # fmt: skip
+
+    def _uniform_interval(self) -> tuple[int, int]:
+        """The one base interval ``(lo, hi)`` of a uniform layout (host ints cached with it), else ``(0, 0)``."""
+        return (self.base.uniform_lo, self.base.uniform_hi) if self.base.uniform else (0, 0)
+
+    def _paths(self) -> dict[str, int]:
+        """K-loop weight masks: none when every output channel has the same base interval, else per (input, output)."""
+        if self.base.uniform:
+            return {"BASE_PATH": PATH_DENSE, "COND_PATH": PATH_DENSE}
+        return {"BASE_PATH": PATH_BASE, "COND_PATH": PATH_CONDITIONAL}
+
+    def _epilogue_pointers(self) -> tuple[torch.Tensor, ...]:
+        y = self.y
+        return (optional_pointer(self.scale, y), optional_pointer(self.shift, y), optional_pointer(self.residual, y),
+                optional_pointer(self.counters, y))  # fmt: skip
+
+    def _epilogue_flags(self) -> dict[str, bool]:
+        return {"HAS_SCALE": self.scale is not None, "HAS_SHIFT": self.shift is not None,
+                "HAS_RESIDUAL": self.residual is not None, "RELU": self.relu}  # fmt: skip

@@ -11,6 +11,7 @@ prediction against the kernel's own counters under ``TRITON_INTERPRET=1``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -20,10 +21,28 @@ from . import partition
 from ._common import base_intervals, gemm_tile_mk, next_power_of_2
 from .spec import GateSpec
 
-__all__ = ["MAX_BLOCK_N", "GatedTiling", "gated_kernel_counters", "gated_tiling", "tiling_tail"]
+__all__ = [
+    "COMPACT_ROWS_DIVISOR",
+    "MAX_BLOCK_N",
+    "SCHEDULES",
+    "CompactTiling",
+    "GatedTiling",
+    "compact_tiling",
+    "gated_kernel_counters",
+    "resolve_schedule",
+    "gated_tiling",
+    "tiling_tail",
+]
 
 MAX_BLOCK_N = 128
 """Widest column block of one program; wider gate groups are split into sub-blocks."""
+
+SCHEDULES = ("auto", "compact", "tiled")
+"""How :func:`gated_conv2d` skips conditional work: ``"compact"`` (two launches; the
+conditional channels of each gate group run over its active pixels compacted
+across the batch), ``"tiled"`` (one launch; a (pixel tile, channel block)
+program runs its conditional loops when any decision it covers is on) or
+``"auto"`` (:func:`resolve_schedule`)."""
 
 
 @dataclass(frozen=True)
@@ -80,24 +99,26 @@ def gated_tiling(
 
 
 @functools.lru_cache(maxsize=256)
-def _block_k_steps(
-    tiling: GatedTiling, in_channels: int, out_channels: int, base_fraction: float, base_layout: str, gate_group: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per channel block (program column): K steps of one base loop and of both conditional loops.
+def _block_ranges(
+    block_n: int, group_slot: int, groups_per_block: int, sub_blocks: int,
+    in_channels: int, out_channels: int, base_fraction: float, base_layout: str, gate_group: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Per (channel block, sub-block) of a program's columns: ``(hull_lo, hull_hi, r1_hi, r2_lo)``.
 
-    The same ranges as ``_block_channels`` / ``_path_ranges`` in the kernel,
-    summed over the block's sub-blocks: int64 ``[blocks]`` each, on CPU.
-    Cached per configuration (callers only read them), so counting a layer
-    batch after batch does not rebuild them.
+    The same ranges as ``_block_channels`` / ``_path_ranges`` in the kernel:
+    the base loop covers ``[hull_lo, hull_hi)``, the conditional loops
+    ``[0, r1_hi)`` and ``[r2_lo, C_in)``. int64 ``[blocks, sub_blocks]`` each,
+    on CPU; cached per configuration (callers only read them), so counting a
+    layer batch after batch does not rebuild them.
     """
     base = base_intervals(out_channels, in_channels, base_fraction, base_layout, torch.device("cpu"))
     groups = partition.gate_group_count(out_channels, gate_group)
-    blocks = -(-groups // tiling.groups_per_block)
-    col = torch.arange(tiling.block_n)
-    sub = torch.arange(tiling.sub_blocks)
+    blocks = -(-groups // groups_per_block)
+    col = torch.arange(block_n)
+    sub = torch.arange(sub_blocks)
     block = torch.arange(blocks)
-    within = (col % tiling.group_slot)[None, :] + sub[:, None] * tiling.block_n  # [S, BN]
-    ch = (block[:, None, None] * tiling.groups_per_block + (col // tiling.group_slot)[None, None, :]) * gate_group
+    within = (col % group_slot)[None, :] + sub[:, None] * block_n  # [S, BN]
+    ch = (block[:, None, None] * groups_per_block + (col // group_slot)[None, None, :]) * gate_group
     ch = ch + within[None]  # [B, S, BN]
     ok = (within[None] < gate_group) & (ch < out_channels)
     safe = ch.clamp(max=out_channels - 1)
@@ -109,12 +130,141 @@ def _block_k_steps(
     split = common_hi > common_lo
     r1_hi = torch.where(split, common_lo, in_channels)
     r2_lo = torch.where(split, common_hi, in_channels)
+    return hull_lo, hull_hi, r1_hi, r2_lo
 
-    def steps(c_lo: torch.Tensor | int, c_hi: torch.Tensor | int) -> torch.Tensor:
-        span = torch.as_tensor(c_hi - c_lo).clamp(min=0)
-        return (span + tiling.block_k - 1) // tiling.block_k
 
-    return steps(hull_lo, hull_hi).sum(dim=1), (steps(0, r1_hi) + steps(r2_lo, in_channels)).sum(dim=1)
+def _steps(c_lo: torch.Tensor | int, c_hi: torch.Tensor | int, block_k: int) -> torch.Tensor:
+    """``k_steps`` of the kernel: iterations of a ``range(c_lo, c_hi, block_k)`` channel loop."""
+    span = torch.as_tensor(c_hi - c_lo).clamp(min=0)
+    return (span + block_k - 1) // block_k
+
+
+def _block_k_steps(
+    tiling: GatedTiling, block_k: int, in_channels: int, out_channels: int, base_fraction: float,
+    base_layout: str, gate_group: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Per channel block (program column): K steps of one base loop and of both conditional loops.
+
+    Summed over the block's sub-blocks, at ``block_k``: int64 ``[blocks]`` each.
+    """
+    hull_lo, hull_hi, r1_hi, r2_lo = _block_ranges(
+        tiling.block_n, tiling.group_slot, tiling.groups_per_block, tiling.sub_blocks,
+        in_channels, out_channels, base_fraction, base_layout, gate_group,
+    )  # fmt: skip
+    base = _steps(hull_lo, hull_hi, block_k).sum(dim=1)
+    conditional = (_steps(0, r1_hi, block_k) + _steps(r2_lo, in_channels, block_k)).sum(dim=1)
+    return base, conditional
+
+
+COMPACT_ROWS_DIVISOR = 64
+"""The compacted tiles hold ``pixels // COMPACT_ROWS_DIVISOR`` rows (a power of two in [16, 128]).
+
+Measured on recorded decisions (``benchmarks/results/counts_cpu_real_decisions.json``):
+32 / 64 / 128 give whole-network conditional work of 1.03-1.12 / 1.01-1.09 /
+1.01-1.08x the exact work at batch 8 and 64; 64 keeps tiles of at least 64
+rows (a Hopper warpgroup MMA) from 4096 output pixels on."""
+
+
+@dataclass(frozen=True)
+class CompactTiling:
+    """Launch configuration of the compacted schedule of :func:`gated_conv2d`.
+
+    ``base`` tiles the first launch (base sums and decisions, every pixel:
+    dense, so a program holds as many whole gate groups as fit in
+    ``MAX_BLOCK_N`` columns). The conditional launch runs one column of
+    ``block_n`` channels of one gate group (``sub_blocks`` columns per group
+    wider than ``MAX_BLOCK_N``; ``group_slot == block_n``: columns past the
+    group's size are masked) over tiles of ``block_m`` compacted active
+    pixels of that group, ``block_k`` input channels per K step.
+    """
+
+    base: GatedTiling
+    block_m: int
+    block_n: int
+    block_k: int
+    group_slot: int
+    sub_blocks: int
+    flat_k: bool
+    num_warps: int
+    num_stages: int
+
+    @property
+    def columns(self) -> GatedTiling:
+        """The conditional launch's columns as a one-group-per-program :class:`GatedTiling`."""
+        return GatedTiling(self.block_m, self.block_n, self.block_k, self.group_slot, 1, self.sub_blocks,
+                           self.num_warps, self.num_stages)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=512)
+def compact_tiling(
+    pixels: int, in_channels: int, out_channels: int, kernel: tuple[int, int], gate_group: int, base_fraction: float,
+    base_layout: str,
+) -> CompactTiling:  # fmt: skip
+    """Tiles of the compacted schedule.
+
+    First launch: :func:`gated_tiling`'s, with the columns widened to
+    ``min(128, next_power_of_2(C_out))`` (whole groups) for the ``"first"``
+    layout, whose base channels are the same for every output channel (the
+    ``"grouped"`` layout keeps the narrow blocks, whose base hull stays short).
+    Conditional launch: ``block_n`` = the group's column slot, at least 16
+    (``tl.dot``'s minimum: a group of fewer than 16 channels runs padded,
+    masked columns) and at most 128 (sub-blocks beyond); ``block_m`` =
+    ``pixels //`` :data:`COMPACT_ROWS_DIVISOR` rounded down to a power of two
+    in [16, 128], so that at densities down to 0.1 the last, partly filled
+    tile of a group adds little; ``block_k`` in {64, 32, 16}
+    and the K walk (per tap, or ``flat_k``: over the flattened (tap, channel)
+    K, which pads once per column instead of once per tap) with the least K
+    padding over the layer's conditional ranges (per tap, then the largest
+    ``block_k``, on ties: its loads stay contiguous). Cached per shape, so a
+    call after the first does no tiling work.
+    """
+    layer = (in_channels, out_channels, base_fraction, base_layout, gate_group)
+    base = gated_tiling(pixels, in_channels, out_channels, gate_group, base_fraction)
+    if base_layout == "first" and base.sub_blocks == 1:
+        width = max(base.block_n, min(MAX_BLOCK_N, next_power_of_2(out_channels)))
+        base = dataclasses.replace(base, block_n=width, groups_per_block=width // base.group_slot,
+                                   num_warps=8 if base.block_m * width >= 128 * 128 else 4)  # fmt: skip
+    base = dataclasses.replace(base, block_k=_least_padded_block_k(base, layer, "base"))
+    slot = next_power_of_2(min(gate_group, out_channels))
+    block_n, sub_blocks = (max(16, slot), 1) if slot <= MAX_BLOCK_N else (MAX_BLOCK_N, base.sub_blocks)
+    block_m = min(128, max(16, _floor_power_of_2(pixels // COMPACT_ROWS_DIVISOR)))
+    columns = GatedTiling(block_m, block_n, 16, block_n, 1, sub_blocks, 4, 3)
+    taps = kernel[0] * kernel[1]
+
+    def padded(flat_k: bool, block_k: int) -> int:
+        steps = _column_steps(columns, block_k, flat_k, taps, layer)
+        return int(steps.sum()) * block_k
+
+    flat_k, block_k = min(
+        ((flat, k) for flat in (False, True) for k in (64, 32, 16)), key=lambda c: (padded(*c), c[0], -c[1])
+    )
+    num_warps = 8 if block_m * block_n >= 128 * 128 else 4
+    return CompactTiling(base, block_m, block_n, block_k, columns.group_slot, sub_blocks, flat_k, num_warps, 3)
+
+
+def _column_steps(
+    columns: GatedTiling, block_k: int, flat_k: bool, taps: int, layer: tuple[int, int, float, str, int]
+) -> torch.Tensor:
+    """K steps (taps included) of one conditional tile of each gate group, summed over its sub-blocks: int64 ``[G]``."""
+    in_channels = layer[0]
+    _, _, r1_hi, r2_lo = _block_ranges(columns.block_n, columns.group_slot, 1, columns.sub_blocks, *layer)
+    if flat_k:
+        return _steps(0, taps * (r1_hi + in_channels - r2_lo), block_k).sum(dim=1)
+    return taps * (_steps(0, r1_hi, block_k) + _steps(r2_lo, in_channels, block_k)).sum(dim=1)
+
+
+def _least_padded_block_k(tiling: GatedTiling, layer: tuple[int, int, float, str, int], path: str) -> int:
+    """``block_k`` in {64, 32, 16} with the fewest padded channels over ``path``'s loops of every column (largest on ties)."""
+
+    def padded(block_k: int) -> int:
+        base, conditional = _block_k_steps(tiling, block_k, *layer)
+        return int((base if path == "base" else conditional).sum()) * block_k
+
+    return min((64, 32, 16), key=lambda k: (padded(k), -k))
+
+
+def _floor_power_of_2(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
 
 
 def gated_kernel_counters(
@@ -127,25 +277,36 @@ def gated_kernel_counters(
     base_layout: str = GateSpec.base_layout,
     gate_group: int = GateSpec.gate_group,
     decisions_given: bool = False,
+    schedule: str = "auto",
 ) -> torch.Tensor:
     """The counters :func:`gated_conv2d` returns with ``count_work=True``, predicted in PyTorch from the decisions.
 
-    Applies the kernel's own tiling (:func:`gated_tiling`) and skipping rule,
-    one program per (tile of ``block_m`` flattened output pixels of the
-    batch, block of ``groups_per_block`` gate groups), that runs its
-    conditional K loops when any decision it covers is on, to bool
-    ``decisions`` ``[N, G, OH, OW]``. ``decisions_given`` says whether the
-    kernel is handed the decisions (then the base loop runs once per
-    sub-block) or computes them (once, plus once more per sub-block when
-    there are several). No GPU and no Triton launch; the counters equal the
-    kernel's on-device ones (tests check this under the interpreter).
+    Applies the kernel's own tiling and skipping rule for ``schedule`` (one of
+    :data:`SCHEDULES`; ``"auto"`` as :func:`resolve_schedule`) to bool ``decisions`` ``[N, G, OH, OW]``:
+
+    * ``"tiled"`` (:func:`gated_tiling`): one program per (tile of
+      ``block_m`` flattened output pixels of the batch, block of
+      ``groups_per_block`` gate groups) runs its base loop, and its
+      conditional loops when any decision it covers is on.
+    * ``"compact"`` (:func:`compact_tiling`): the first launch's programs run
+      the base loops of every pixel; then each (gate group, sub-block) column
+      runs ``cdiv(active pixels of the group, block_m)`` conditional tiles,
+      the last one padded.
+
+    ``decisions_given`` says whether the kernel is handed the decisions (then
+    the base loop runs once per sub-block) or computes them (once, plus once
+    more per sub-block when there are several). No GPU and no Triton launch;
+    the counters equal the kernel's on-device ones (tests check this under the
+    interpreter).
 
     Returns:
         int64 ``[9]`` on the decisions' device, laid out as
-        :data:`kernels.work.COUNTER_FIELDS` (MACs in tile-rounded units).
+        :data:`kernels.work.COUNTER_FIELDS` (MACs in tile-rounded units; the
+        tiling fields are the conditional tiles').
 
     Raises:
-        ValueError: ``decisions`` is not bool ``[N, ceil(out_channels / gate_group), OH, OW]``.
+        ValueError: ``decisions`` is not bool ``[N, ceil(out_channels / gate_group), OH, OW]``,
+            or ``schedule`` is unknown.
     """
     groups = partition.gate_group_count(out_channels, gate_group)
     if decisions.dtype != torch.bool or decisions.dim() != 4 or decisions.shape[1] != groups:
@@ -153,25 +314,62 @@ def gated_kernel_counters(
             f"decisions must be bool [N, {groups}, OH, OW] for out_channels={out_channels}, "
             f"gate_group={gate_group}; got {decisions.dtype} {tuple(decisions.shape)}"
         )
+    schedule = resolve_schedule(schedule, gate_group, out_channels)
     n, _, oh, ow = decisions.shape
     pixels = n * oh * ow
-    tiling = gated_tiling(pixels, in_channels, out_channels, gate_group, base_fraction)
-    counters = torch.tensor([0, 0, 0, 0, *tiling_tail(tiling)], dtype=torch.int64)
+    layer = (in_channels, out_channels, base_fraction, base_layout, gate_group)
+    taps = kernel[0] * kernel[1]
+    if schedule == "compact":
+        compact = compact_tiling(pixels, in_channels, out_channels, kernel, gate_group, base_fraction, base_layout)
+        base_tiling, tail = compact.base, tiling_tail(compact.columns)
+    else:
+        base_tiling = gated_tiling(pixels, in_channels, out_channels, gate_group, base_fraction)
+        tail = tiling_tail(base_tiling)
+    counters = torch.tensor([0, 0, 0, 0, *tail], dtype=torch.int64)
     if pixels == 0:
         return counters.to(decisions.device)
-    base_steps, cond_steps = _block_k_steps(tiling, in_channels, out_channels, base_fraction, base_layout, gate_group)
+    base_steps, cond_steps = _block_k_steps(base_tiling, base_tiling.block_k, *layer)
     blocks = base_steps.numel()
-    rows = -(-pixels // tiling.block_m)
-    flat = torch.zeros(rows * tiling.block_m, blocks * tiling.groups_per_block, dtype=torch.bool)
-    flat[:pixels, :groups] = decisions.detach().cpu().permute(0, 2, 3, 1).reshape(pixels, groups)
-    active = flat.view(rows, tiling.block_m, blocks, tiling.groups_per_block).any(dim=3).any(dim=1)  # [rows, B]
-    base_passes = (0 if decisions_given else 1) + (1 if decisions_given or tiling.sub_blocks > 1 else 0)
-    step_macs = tiling.block_m * tiling.block_n * kernel[0] * kernel[1] * tiling.block_k
+    rows = -(-pixels // base_tiling.block_m)
+    flat = decisions.detach().cpu().permute(0, 2, 3, 1).reshape(pixels, groups)
+    base_passes = (0 if decisions_given else 1) + (1 if decisions_given or base_tiling.sub_blocks > 1 else 0)
     counters[0] = rows * blocks
+    counters[2] = rows * base_passes * base_steps.sum() * base_tiling.block_m * base_tiling.block_n * taps
+    counters[2] *= base_tiling.block_k
+    if schedule == "compact":
+        columns = compact.columns
+        column_steps = _column_steps(columns, columns.block_k, compact.flat_k, taps, layer)
+        tiles = -(-flat.sum(dim=0) // columns.block_m)  # [G] conditional tiles per group and sub-block
+        widths = torch.tensor(partition.group_sizes(out_channels, gate_group))
+        counters[1] = (tiles * (-(-widths // columns.block_n))).sum()  # sub-blocks holding channels
+        counters[3] = (tiles * column_steps).sum() * columns.block_m * columns.block_n * columns.block_k
+        return counters.to(decisions.device)
+    padded = torch.zeros(rows * base_tiling.block_m, blocks * base_tiling.groups_per_block, dtype=torch.bool)
+    padded[:pixels, :groups] = flat
+    active = padded.view(rows, base_tiling.block_m, blocks, base_tiling.groups_per_block).any(dim=3).any(dim=1)
     counters[1] = active.sum()
-    counters[2] = rows * base_passes * base_steps.sum() * step_macs
-    counters[3] = (active.long() * cond_steps[None, :]).sum() * step_macs
+    counters[3] = (active.long() * cond_steps[None, :]).sum() * base_tiling.block_m * base_tiling.block_n * taps
+    counters[3] *= base_tiling.block_k
     return counters.to(decisions.device)
+
+
+def resolve_schedule(schedule: str, gate_group: int, out_channels: int) -> str:
+    """``"compact"`` or ``"tiled"``: ``schedule`` itself, or what ``"auto"`` picks for the layer.
+
+    ``"auto"`` compacts when a gate group fills at least 16 columns (the
+    narrowest tensor-core tile), i.e. ``next_power_of_2(min(gate_group,
+    C_out)) >= 16``; narrower groups would pad every compacted column to 16
+    channels, which the tiled schedule's 16-column programs do not. Raises
+    ``TypeError`` / ``ValueError`` naming ``schedule`` unless it is one of
+    :data:`SCHEDULES`.
+    """
+    if not isinstance(schedule, str):
+        raise TypeError(f"schedule must be a str, one of {SCHEDULES}; got {type(schedule).__name__}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule != "auto":
+        return schedule
+    return "compact" if next_power_of_2(min(gate_group, out_channels)) >= 16 else "tiled"
 
 
 def tiling_tail(tiling: GatedTiling) -> tuple[int, int, int, int, int]:

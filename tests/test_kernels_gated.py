@@ -125,9 +125,78 @@ def expected_stats(
     }
 
 
+def column_conditional_steps(mask: torch.Tensor, channels: list[int], block_k: int, taps: int = 1,
+                             flat_k: bool = False) -> int:  # fmt: skip
+    """K steps over all taps of a column's conditional loops: ``[0, C_in)`` minus the channels base for all ``channels``.
+
+    Per tap, each of the (up to two) channel ranges rounds up to ``block_k``;
+    with ``flat_k`` the ``taps * channels`` pairs round up once.
+    """
+    c_in = mask.shape[1]
+    lo = mask.int().argmax(dim=1)[channels]
+    hi = lo + mask.sum(dim=1)[channels]
+    common_lo, common_hi = lo.max().item(), hi.min().item()
+    ranges = [common_lo, c_in - common_hi] if common_hi > common_lo else [c_in]
+    if flat_k:
+        return math.ceil(taps * sum(ranges) / block_k)
+    return taps * sum(math.ceil(length / block_k) for length in ranges)
+
+
+def expected_compact_stats(
+    decisions: torch.Tensor, stats: GatedConvStats, weight_shape: torch.Size, gate: dict, decisions_given: bool
+) -> dict[str, int]:
+    """Counters of the compacted schedule implied by ``decisions``, counted from ``nonzero`` per gate group.
+
+    First launch: ``cdiv(M, bm1) * cdiv(G, groups per block)`` programs, each
+    running its base loop over the hull of its channels' base intervals (twice
+    with several sub-blocks unless decisions are given). Conditional launch:
+    per (group, sub-block of ``block_n`` channels), ``cdiv(active pixels of the
+    group, block_m)`` tiles, each ``cond_steps * block_m*block_n*kh*kw*block_k`` MACs.
+    """
+    c_out, c_in, kh, kw = weight_shape
+    g = gate["gate_group"]
+    n, groups, oh, ow = decisions.shape
+    pixels = n * oh * ow
+    compact = kernels.compact_tiling(pixels, c_in, c_out, (kh, kw), g, gate["base_fraction"], gate["base_layout"])
+    first = compact.base
+    mask = kernels.base_mask(c_out, c_in, gate["base_fraction"], gate["base_layout"])
+    blocks = math.ceil(groups / first.groups_per_block)
+    base_steps = 0
+    for q in range(blocks):
+        for sub in range(first.sub_blocks):
+            chans = [
+                (q * first.groups_per_block + col // first.group_slot) * g + col % first.group_slot + sub * first.block_n
+                for col in range(first.block_n)
+                if col % first.group_slot + sub * first.block_n < g
+            ]
+            chans = [c for c in chans if c < c_out]
+            if chans:
+                lo = mask.int().argmax(dim=1)[chans]
+                base_steps += math.ceil(((lo + mask.sum(dim=1)[chans]).max() - lo.min()).item() / first.block_k)
+    passes = 2 if first.sub_blocks > 1 and not decisions_given else 1
+    bm, bn, bk = stats.block_m, stats.block_n, stats.block_k
+    flat = decisions.permute(0, 2, 3, 1).reshape(pixels, groups)
+    tiles, conditional = 0, 0
+    for j in range(groups):
+        active = flat[:, j].nonzero().numel()
+        for sub in range(stats.sub_blocks):
+            chans = [j * g + sub * bn + col for col in range(bn) if sub * bn + col < g and j * g + sub * bn + col < c_out]
+            if chans:
+                tiles += math.ceil(active / bm)
+                steps = column_conditional_steps(mask, chans, bk, kh * kw, compact.flat_k)
+                conditional += math.ceil(active / bm) * steps * bm * bn * bk
+    rows = math.ceil(pixels / first.block_m)
+    return {
+        "tiles_total": rows * blocks,
+        "tiles_conditional_executed": tiles,
+        "base_macs": rows * base_steps * passes * first.block_m * first.block_n * kh * kw * first.block_k,
+        "conditional_macs": conditional,
+    }
+
+
 def run_gated(
     x: torch.Tensor, weight: torch.Tensor, gate_scale: torch.Tensor, gate_shift: torch.Tensor,
-    gate: dict, conv: dict, decisions: torch.Tensor | None = None,
+    gate: dict, conv: dict, decisions: torch.Tensor | None = None, schedule: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, GatedConvStats]:  # fmt: skip
     """Run the kernel on DEVICE with poisoned buffers, check it all against the reference; return its results.
 
@@ -137,7 +206,7 @@ def run_gated(
     kernel_args = {k: to_device(v) for k, v in conv.items()} | {"decisions": to_device(decisions)}
     with poisoned_empty():
         out, got, counters = kernels.gated_conv2d_triton(
-            *map(to_device, args), **gate, **kernel_args, count_work=True
+            *map(to_device, args), **gate, **kernel_args, count_work=True, schedule=schedule
         )
     stats = GatedConvStats(counters)
     if decisions is not None:  # the launch function returns a fresh copy of given decisions
@@ -154,10 +223,13 @@ def run_gated(
     truth, _ = reference(*map(as_float64, args), **gate, **{k: as_float64(v) for k, v in conv.items()}, decisions=got)
     at_dtype, _ = reference(*args, **gate, **conv, decisions=got)
     assert_matches(out, truth, at_dtype, math.prod(weight.shape[1:]))
-    counters, expected = stats.to_dict(), expected_stats(got, stats, weight.shape, gate, decisions is not None)
+    resolved = kernels.resolve_schedule(schedule, gate["gate_group"], weight.shape[0])
+    count = expected_compact_stats if resolved == "compact" else expected_stats
+    counters, expected = stats.to_dict(), count(got, stats, weight.shape, gate, decisions is not None)
     assert {name: counters[name] for name in expected} == expected
     predicted = gated_kernel_counters(
-        got, weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), **gate, decisions_given=decisions is not None
+        got, weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), **gate, decisions_given=decisions is not None,
+        schedule=schedule,
     )
     assert predicted.tolist() == stats.counters.tolist(), "gated_kernel_counters disagrees with the kernel"
     return out, got, stats
@@ -211,12 +283,14 @@ def gated_cases(draw: st.DrawFn) -> dict[str, object]:
         "shift": draw(st.floats(-1.0, 1.0)),
         "epilogue": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**16)),
+        "schedule": draw(st.sampled_from(["auto", "compact", "tiled"])),
     }
 
 
 def _gcase(**overrides: object) -> dict[str, object]:
     base = {"batch": 2, "c_in": 20, "c_out": 40, "kernel": 3, "conv": {"padding": 1}, "size": (7, 9),
-            "dtype": torch.bfloat16, "gate": _gate(16), "shift": 0.0, "epilogue": True, "seed": 0}  # fmt: skip
+            "dtype": torch.bfloat16, "gate": _gate(16), "shift": 0.0, "epilogue": True, "seed": 0,
+            "schedule": "auto"}  # fmt: skip
     return base | overrides
 
 
@@ -227,12 +301,14 @@ def _gcase(**overrides: object) -> dict[str, object]:
 @example(case=_gcase(gate=_gate(1, "grouped"), dtype=torch.float32, c_out=23, c_in=13, epilogue=False))
 @example(case=_gcase(gate=_gate(64, "first"), c_out=72, c_in=16, kernel=1, conv={}, size=(5, 5)))
 @example(case=_gcase(gate=_gate(32, "grouped", 0.5), c_out=37, kernel=5, conv={"padding": 4, "dilation": 2}))
+@example(case=_gcase(gate=_gate(8, "grouped"), schedule="compact", c_in=12, conv={"stride": 2, "padding": 1}))
+@example(case=_gcase(c_in=16, c_out=32, batch=1, size=(3, 4), schedule="compact"))  # flat K, map under a tile
 def test_gated_conv2d_matches_reference(case: dict[str, object]) -> None:
     args, conv = make_case(
         case["batch"], case["c_in"], case["c_out"], case["kernel"], case["size"], case["dtype"], case["seed"],
         case["shift"], case["epilogue"], case["conv"],
     )  # fmt: skip
-    run_gated(*args, case["gate"], conv)
+    run_gated(*args, case["gate"], conv, schedule=case["schedule"])
 
 
 GROUP_CONFIGS = [(g, layout) for g in (1, 8, 16, 32, 64) for layout in ("first", "grouped")]
@@ -255,22 +331,29 @@ def test_all_on_equals_dense_conv_and_runs_every_tile(gate_group: int, layout: s
     args, conv = make_case(2, 32, 72, 1, (5, 7), torch.float16, seed=4, shift=1e4)
     out, decisions, stats = run_gated(*args, _gate(gate_group, layout), conv)
     assert decisions.all()
-    assert int(stats.tiles_conditional_executed) == int(stats.tiles_total) > 0
+    if kernels.resolve_schedule("auto", gate_group, 72) == "tiled":
+        assert int(stats.tiles_conditional_executed) == int(stats.tiles_total) > 0
+    else:  # every compacted column full: cdiv(M, block_m) tiles per (group, sub-block)
+        columns = math.ceil(72 / gate_group) * stats.sub_blocks
+        assert int(stats.tiles_conditional_executed) == columns * math.ceil(2 * 5 * 7 / stats.block_m)
     x, weight = args[:2]
     truth = kernels.conv2d_reference(x.double(), weight.double())
     assert_matches(out, truth, kernels.conv2d_reference(x, weight), 32)
 
 
 @pytest.mark.parametrize("layout", ["first", "grouped"])
-def test_single_active_pixel_runs_one_pixel_tile(layout: str) -> None:
+@pytest.mark.parametrize("schedule, first_launch_tiles", [("tiled", 2 * 3), ("compact", None)])
+def test_single_active_pixel_runs_one_pixel_tile(layout: str, schedule: str, first_launch_tiles: int | None) -> None:
     gen = torch.Generator().manual_seed(5)
     x = torch.zeros(2, 16, 8, 8, dtype=torch.bfloat16)
     x[1, :, 3, 2] = 1.0
     weight = (torch.rand(40, 16, 1, 1, generator=gen) + 0.1).to(torch.bfloat16)
     gate_scale, gate_shift = torch.ones(40), torch.full((40,), -0.05)
-    _, decisions, stats = run_gated(x, weight, gate_scale, gate_shift, _gate(16, layout), {})
+    _, decisions, stats = run_gated(x, weight, gate_scale, gate_shift, _gate(16, layout), {}, schedule=schedule)
     assert decisions.sum() == 3 and decisions[1, :, 3, 2].all()
-    assert int(stats.tiles_total) == 2 * 3 and int(stats.tiles_conditional_executed) == 3
+    # compact: the first launch's programs hold every group of 40 channels ("first") or 16-column blocks
+    first = first_launch_tiles or 2 * (1 if layout == "first" else 3)
+    assert int(stats.tiles_total) == first and int(stats.tiles_conditional_executed) == 3
 
 
 @pytest.mark.parametrize("layout", ["first", "grouped"])
@@ -296,9 +379,63 @@ def test_spatially_coherent_mask_skips_tiles_away_from_the_blob(layout: str) -> 
     x = x.to(torch.bfloat16)
     weight = (rand((40, 20, 3, 3), torch.float32, gen, std=0.1) + 0.02).to(torch.bfloat16)
     gate_scale, gate_shift = torch.ones(40), torch.full((40,), -0.05)
-    _, decisions, stats = run_gated(x, weight, gate_scale, gate_shift, _gate(16, layout), {"padding": 1})
+    gate = _gate(16, layout)
+    _, decisions, stats = run_gated(x, weight, gate_scale, gate_shift, gate, {"padding": 1}, schedule="tiled")
     assert decisions[1].sum() == 0 and decisions[0, :, :6, :8].any()
     assert 0 < int(stats.tiles_conditional_executed) < int(stats.tiles_total)
+
+
+@pytest.mark.parametrize("pattern", ["checkerboard", "scattered", "one-group", "one-pixel"])
+def test_compacted_conditional_work_follows_the_active_pixels_not_their_layout(pattern: str) -> None:
+    """Scattered decisions cost the compacted schedule their count rounded up to one tile per group, no more."""
+    args, conv = make_case(3, 32, 48, 3, (9, 11), torch.bfloat16, seed=8, epilogue=True)
+    gen = torch.Generator().manual_seed(8)
+    decisions = torch.zeros(3, 3, 9, 11, dtype=torch.bool)
+    if pattern == "checkerboard":
+        rows, cols = torch.meshgrid(torch.arange(9), torch.arange(11), indexing="ij")
+        decisions[:] = ((rows + cols) % 2 == 0)[None, None]
+    elif pattern == "scattered":
+        decisions = torch.rand(3, 3, 9, 11, generator=gen) < 0.1
+    elif pattern == "one-group":
+        decisions[:, 1] = True
+    else:
+        decisions[2, 0, 8, 10] = True  # the last pixel of the batch
+    _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact")
+    per_group = decisions.permute(1, 0, 2, 3).reshape(3, -1).sum(dim=1)
+    exact_rows = int(per_group.sum())
+    tiled_rows = int((-(-per_group // stats.block_m)).sum()) * stats.block_m
+    flat_k = kernels.compact_tiling(3 * 9 * 11, 32, 48, (3, 3), 16, 0.25, "first").flat_k
+    assert flat_k  # 24 conditional input channels of 32: 9 * 24 = 216 K pairs pad to 224, per tap to 9 * 32
+    steps = column_conditional_steps(kernels.base_mask(48, 32, 0.25, "first"), list(range(16)), stats.block_k, 9, True)
+    assert steps * stats.block_k == 224
+    assert int(stats.conditional_macs) == tiled_rows * 16 * 224
+    assert tiled_rows - exact_rows < 3 * stats.block_m
+
+
+def test_active_rows_match_nonzero_per_group() -> None:
+    gen = torch.Generator().manual_seed(9)
+    for pixels, groups, density in ((1, 1, 1.0), (37, 3, 0.3), (200, 5, 0.05), (64, 2, 0.0)):
+        flat = torch.rand(pixels, groups, generator=gen) < density
+        rows, counts = kernels.active_rows(flat.to(torch.uint8))
+        assert rows.shape == (groups, pixels + 1) and rows.dtype == counts.dtype == torch.int32
+        for j in range(groups):
+            expected = flat[:, j].nonzero().flatten()
+            assert int(counts[j]) == expected.numel()
+            assert torch.equal(rows[j, : expected.numel()].long(), expected)
+    with pytest.raises(ValueError, match=r"decisions_flat must be \[M, G\]"):
+        kernels.active_rows(torch.zeros(2, 3, 4, dtype=torch.bool))
+
+
+def test_schedule_is_checked_and_auto_compacts_groups_of_16_or_more() -> None:
+    assert [kernels.resolve_schedule("auto", g, 64) for g in (1, 8, 12, 16, 64, 500)] == [
+        "tiled", "tiled", "compact", "compact", "compact", "compact"
+    ]  # fmt: skip
+    assert kernels.resolve_schedule("auto", 64, 8) == "tiled" and kernels.resolve_schedule("tiled", 64, 64) == "tiled"
+    args = gated_args() | {"gate_group": 8}
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        call_gated(kernels.gated_conv2d_triton, args | {"schedule": "sparse"})
+    with pytest.raises(TypeError, match="schedule must be a str"):
+        gated_kernel_counters(torch.zeros(2, 1, 4, 4, dtype=torch.bool), 8, 8, (3, 3), gate_group=8, schedule=1)
 
 
 @pytest.mark.parametrize(
@@ -329,7 +466,9 @@ def test_tiling_puts_whole_gate_groups_in_each_program(gate_group: int, block_n:
      (32, 0.5, "grouped", 8)],
 )  # fmt: skip
 def test_base_intervals_follow_the_partition(c_in: int, base_fraction: float, layout: str, alignment: int) -> None:
-    lo, hi, align = base_intervals(40, c_in, base_fraction, layout, torch.device("cpu"))
+    lo, hi, align, uniform, uniform_lo, uniform_hi = base_intervals(40, c_in, base_fraction, layout, torch.device("cpu"))
+    assert uniform == (layout == "first")
+    assert (uniform_lo, uniform_hi) == ((0, int(hi[0])) if uniform else (0, 0))
     channel = torch.arange(c_in)
     interval_mask = (channel >= lo[:, None]) & (channel < hi[:, None])
     assert torch.equal(interval_mask, kernels.base_mask(40, c_in, base_fraction, layout))
@@ -343,7 +482,7 @@ def test_empty_batch_returns_empty_results_and_zero_counters() -> None:
     out, decisions, counters = kernels.gated_conv2d_triton(x, weight, gate_scale, gate_shift, gate_group=8)
     assert out.shape == (0, 20, 3, 3) and decisions.shape == (0, 3, 3, 3) and counters.shape == (0,)
     counted = GatedConvStats(kernels.gated_conv2d_triton(x, weight, gate_scale, gate_shift, count_work=True)[2])
-    assert counted.to_dict()["tiles_total"] == 0 and counted.block_m == 64
+    assert counted.to_dict()["tiles_total"] == 0 and counted.block_m == 16  # the compacted tiles' smallest
     empty = torch.zeros(0, 2, 3, 3, dtype=torch.bool, device=DEVICE)
     assert gated_kernel_counters(empty, 8, 20, (3, 3)).tolist() == counted.counters.tolist()
     out, decisions, stats = kernels.gated_conv2d(x, weight, gate_scale, gate_shift, gate_group=8, return_stats=True)
@@ -421,16 +560,31 @@ def test_gated_kernel_compiles_for_hopper_with_tensor_cores(tmp_path: Path) -> N
     common = {"KH": 3, "KW": 3, "BLOCK_M": 64, "BLOCK_K": 32, "COUNT_STATS": True, "HAS_SCALE": True,
               "HAS_SHIFT": True, "HAS_RESIDUAL": True, "RELU": True, "UPCAST_DOT": False,
               "DOT_PRECISION": "tf32"}  # fmt: skip
-    tilings = [(16, 1, 16, 1, False, 1), (64, 64, 1, 1, False, 8), (128, 128, 1, 2, True, 8)]
+    tilings = [(16, 1, 16, 1, False, 1, False), (64, 64, 1, 1, False, 8, False), (128, 128, 1, 2, True, 8, False),
+               (64, 16, 4, 1, False, 8, True), (128, 128, 1, 2, True, 8, True)]  # fmt: skip
     pointers = {name: "*bf16" for name in ("x_ptr", "w_ptr", "y_ptr", "res_ptr")}
     pointers |= {"dec_ptr": "*u8", "base_lo_ptr": "*i32", "base_hi_ptr": "*i32", "stats_ptr": "*i64"}
     variants = [
         (pointers, common | {"BLOCK_N": n, "GROUP_SLOT": slot, "GROUPS_PER_BLOCK": gpb, "SUB_BLOCKS": subs,
-                             "HAS_DECISIONS": given, "RANGE_ALIGN": align})  # fmt: skip
-        for n, slot, gpb, subs, given, align in tilings
+                             "HAS_DECISIONS": given, "RANGE_ALIGN": align, "COMPACT": compact,
+                             "BASE_PATH": 0 if align == 8 else 1, "COND_PATH": 0 if align == 8 else 2,
+                             "SLOT_IS_GROUP": slot == 16})  # fmt: skip
+        for n, slot, gpb, subs, given, align, compact in tilings
     ]
     compiled = compile_for_hopper("kernels.gated_conv2d", "_gated_conv2d_kernel", variants, tmp_path)
     assert compiled == [True] * len(variants)
+    pointers = {name: "*bf16" for name in ("x_ptr", "w_ptr", "y_ptr", "res_ptr")}
+    pointers |= {"rows_ptr": "*i32", "counts_ptr": "*i32", "base_lo_ptr": "*i32", "base_hi_ptr": "*i32",
+                 "stats_ptr": "*i64"}  # fmt: skip
+    conditional = [
+        (pointers, common | {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_SLOT": n, "SUB_BLOCKS": subs,
+                             "RANGE_ALIGN": 8, "FLAT_K": flat, "BASE_PATH": 1 if flat else 0, "COND_PATH": 2 if flat else 0,
+                             "SLOT_IS_GROUP": subs == 1})  # fmt: skip
+        for m, n, k, subs, flat in ((16, 16, 64, 1, False), (128, 16, 16, 1, True), (64, 64, 32, 1, False),
+                                    (64, 128, 64, 2, False), (64, 16, 32, 1, True))  # fmt: skip
+    ]
+    compiled = compile_for_hopper("kernels.gated_conv2d", "_gated_conditional_kernel", conditional, tmp_path)
+    assert compiled == [True] * len(conditional)
 
 
 def test_kernel_counters_reject_decisions_of_another_layer() -> None:
