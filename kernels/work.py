@@ -95,15 +95,18 @@ class GatedConvStats:
     ints (reading one synchronises too). See the module docstring for what the
     Triton kernel and the reference count.
 
-    * ``tiles_total``: tiles (Triton: programs launched,
-      ``cdiv(N*OH*OW, block_m) * cdiv(G, groups_per_block)``; reference:
-      ``N*OH*OW*G`` (pixel, group) units);
-    * ``tiles_conditional_executed``: tiles that ran their conditional work;
+    * ``tiles_total``: tiles (Triton: programs of the launch that computes
+      the base sums, ``cdiv(N*OH*OW, base block_m) * cdiv(G, groups per
+      block)``; reference: ``N*OH*OW*G`` (pixel, group) units);
+    * ``tiles_conditional_executed``: tiles that ran conditional work (tiled
+      schedule: programs with an active decision; compacted schedule: tiles of
+      compacted active pixels, per gate group and sub-block);
     * ``base_macs`` / ``conditional_macs``: MACs of the base and conditional
-      paths (Triton: tile-rounded, ``block_m * block_n * kh * kw * block_k`` per
-      K step run; reference: exact);
+      paths (Triton: tile-rounded, a tile's rows x columns x channels per K
+      step run, taps included; reference: exact);
     * ``block_m``, ``block_n``, ``block_k``, ``groups_per_block``,
-      ``sub_blocks``: the tiling unit.
+      ``sub_blocks``: the tiling unit of the conditional tiles
+      (:func:`kernels.gated_kernel_counters` predicts all of them).
     """
 
     counters: torch.Tensor

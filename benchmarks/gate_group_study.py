@@ -1,0 +1,153 @@
+"""Gate-group width study: accuracy and kernel work of demo students trained at several ``gate_group`` widths.
+
+    python -m benchmarks.gate_group_study --out runs/gate_groups [--gate-groups 16 32 64] [--seeds 0 1 2]
+                                          [--images 64] [--threads N] [--result FILE]
+
+For every width, the demo pipeline (``python -m gating demo``, its default
+recipe) runs once per seed in ``OUT/g{G}/seed-{S}``. Finished runs are reused
+and an interrupted one resumes from its checkpoints; the dense teacher of a
+seed is trained once and shared by every width (``OUT/teacher-seed-{S}.ckpt``),
+so the widths differ only in their gates. Each student's decisions on
+``--images`` built-in test images of its seed are then recorded and counted
+(:mod:`benchmarks.recorded`): the algorithmic MAC reduction, and the
+conditional MACs the gated kernel runs over the exact ones, for the default
+(compacted) schedule (whole network at batch ``--images`` and its worst
+layer) and for the tiled schedule. Prints one row per width and writes the
+JSON (default ``benchmarks/results/gate_group_study.json``) with every run,
+the per-width summary, the recipe and the torch version. Timing needs a GPU
+and is not part of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gating import data
+from gating.demo import DemoConfig, check_seeds, run_demo, summarize_seeds
+from gating.io import atomic_write_json
+
+from .counting import network_totals
+from .record_decisions import demo_student
+from .recorded import record_decisions, recorded_records
+
+__all__ = ["count_student", "main", "study"]
+
+RESULT = Path(__file__).resolve().parent / "results" / "gate_group_study.json"
+
+
+def count_student(run: Path, images: int) -> dict[str, Any]:
+    """Whole-network counts of the student of demo run ``run`` on ``images`` built-in test images of its seed."""
+    student, config = demo_student(run)
+    inputs = data.synthetic_dataset(images, config.image_size, seed=2 * config.seed + 1).tensors[0]
+    layers = record_decisions(student, inputs, prefix=f"g{config.gate_group}-seed{config.seed}.")
+    (total,) = network_totals(recorded_records(layers, [images], f"g{config.gate_group}-seed{config.seed}"))
+    keep = ("macs_dense", "macs_executed", "ideal_speedup", "conditional_macs", "kernel_conditional_macs",
+            "kernel_overhead", "worst_layer_kernel_overhead", "tiled_kernel_overhead")  # fmt: skip
+    return {key: total[key] for key in keep}
+
+
+def _run(config: DemoConfig, shared_teacher: Path) -> dict[str, Any]:
+    """One demo run (reused when finished), its teacher taken from / given to ``shared_teacher``."""
+    results = config.out / "results.json"
+    if results.is_file():
+        return json.loads(results.read_text())
+    config.out.mkdir(parents=True, exist_ok=True)
+    teacher = config.out / "teacher.ckpt"
+    if shared_teacher.is_file() and not teacher.is_file():
+        shutil.copy(shared_teacher, teacher)
+    result = run_demo(dataclasses.replace(config, resume=True))
+    if not shared_teacher.is_file():
+        shutil.copy(teacher, shared_teacher)
+    return result
+
+
+def study(
+    out: Path, gate_groups: Sequence[int], seeds: Sequence[int], images: int, base: DemoConfig | None = None
+) -> dict[str, Any]:
+    """Train and count every (width, seed); returns the study (what :func:`main` writes).
+
+    ``base``: the demo settings every run starts from (default ``DemoConfig()``;
+    its ``out``, ``seed`` and ``gate_group`` are replaced).
+    """
+    check_seeds(seeds)
+    base = base or DemoConfig()
+    widths = []
+    for gate_group in gate_groups:
+        runs = []
+        for seed in seeds:
+            print(f"=== gate_group {gate_group}, seed {seed} ===", flush=True)
+            run_dir = out / f"g{gate_group}" / f"seed-{seed}"
+            config = dataclasses.replace(base, out=run_dir, seed=seed, gate_group=gate_group)
+            result = _run(config, out / f"teacher-seed-{seed}.ckpt")
+            runs.append({key: result[key] for key in ("seed", "teacher_accuracy", "student_accuracy", "accuracy_gap",
+                                                      "macs_reduction", "bytes_reduction")}
+                        | {"counts": count_student(run_dir, images)})  # fmt: skip
+        summary = summarize_seeds(runs)
+        overheads = [run["counts"]["kernel_overhead"] for run in runs]
+        widths.append({
+            "gate_group": gate_group, **summary,
+            "mean_kernel_overhead": sum(overheads) / len(overheads), "worst_kernel_overhead": max(overheads),
+            "worst_layer_kernel_overhead": max(run["counts"]["worst_layer_kernel_overhead"] for run in runs),
+            "mean_tiled_kernel_overhead": sum(run["counts"]["tiled_kernel_overhead"] for run in runs) / len(runs),
+            "runs": runs,
+        })  # fmt: skip
+    return {
+        "benchmark": "gate_group_study",
+        "images": images,
+        "demo_config": {**base.to_dict(), "out": None, "seed": None, "gate_group": None},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "widths": widths,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """One row per width: accuracy gap (mean / worst), MAC reduction, kernel over exact conditional MACs."""
+    lines = [f"{'gate_group':>10}{'mean gap':>10}{'worst gap':>11}{'MAC red.':>10}{'kernel/exact':>14}"
+             f"{'worst layer':>13}{'tiled':>8}"]  # fmt: skip
+    for w in result["widths"]:
+        lines.append(
+            f"{w['gate_group']:>10}{w['mean_gap']:>10.2f}{w['worst_gap']:>11.2f}{w['mean_macs_reduction']:>9.2f}x"
+            f"{w['mean_kernel_overhead']:>14.2f}{w['worst_layer_kernel_overhead']:>13.2f}"
+            f"{w['mean_tiled_kernel_overhead']:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gate_group_study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder of the runs (reused when finished)")
+    parser.add_argument("--gate-groups", nargs="+", type=int, default=[16, 32, 64], help="default: %(default)s")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: %(default)s")
+    parser.add_argument("--images", type=int, default=64, help="test images recorded per student (default %(default)s)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--result", type=Path, default=RESULT, help="JSON to write (default %(default)s)")
+    args = parser.parse_args(argv)
+    if args.images < 1 or any(g < 1 for g in args.gate_groups):
+        parser.error("--images and every --gate-groups value must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = study(args.out, args.gate_groups, args.seeds, args.images)
+    except ValueError as exc:
+        print(f"gate_group_study: {exc}", file=sys.stderr)
+        return 2
+    atomic_write_json(result, args.result)
+    print(table(result))
+    print(f"wrote {args.result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
