@@ -76,10 +76,13 @@ def captured_launches() -> Iterator[list[dict[str, Any]]]:
 
     conv_module = sys.modules["kernels.conv2d"]
     gated_module = sys.modules["kernels.gated_conv2d"]
+    conditional_module = sys.modules["kernels.gated_conditional"]
     target = GPUTarget("cuda", TARGET_ARCH, 32)
     backend = make_backend(target)
     launches: list[dict[str, Any]] = []
-    jitted = [conv_module._conv2d_kernel, gated_module._gated_conv2d_kernel, gated_module._gated_conditional_kernel]
+    jitted = [
+        conv_module._conv2d_kernel, gated_module._gated_conv2d_kernel, conditional_module._gated_conditional_kernel
+    ]
 
     def capture(fn: Any) -> Any:
         def run(*args: Any, grid: Any, warmup: bool, **kwargs: Any) -> None:
@@ -235,9 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", nargs="+", help="only these layers, e.g. r50.layer1.0.conv2 (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS / "compile_report_sm90.json", help="default: %(default)s")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        parser.error("unset TRITON_INTERPRET: the report compiles the kernels a CUDA launch would, not the interpreter's")
-    triton = _triton()
+    try:
+        triton = _triton()
+    except RuntimeError as exc:
+        parser.error(str(exc))
     records = report(args.models, args.batches, args.gate_group, args.base_fraction, args.shapes)
     payload = {
         "benchmark": "compile_report",

@@ -16,7 +16,10 @@
   :mod:`kernels.gated_tiling`: the gated kernel's tiles and skipping rule, and
   :func:`gated_kernel_counters`, the work it will execute on given decisions
   (pure PyTorch, any machine); :mod:`kernels.compaction`: the on-device lists
-  of each gate group's active pixels (:func:`active_rows`).
+  of each gate group's active pixels (:func:`active_rows`). The gated Triton
+  kernels live in :mod:`kernels.gated_conv2d` (first launch and launch code),
+  :mod:`kernels.gated_conditional` (the compacted conditional tiles) and
+  :mod:`kernels.gated_blocks` (the tile pieces both share).
 * :func:`conv_output_size`, :func:`conv_input_span`, :func:`as_pair`: the one
   conv-size rule and the one ``(h, w)`` normaliser.
 
@@ -49,6 +52,7 @@ from .gated_tiling import (
     gated_kernel_counters,
     gated_tiling,
     resolve_schedule,
+    schedule_tiling,
 )
 from .reference import conv2d_reference, gated_conv2d_reference
 from .spec import GateSpec
@@ -79,6 +83,7 @@ __all__ = [
     "CompactTiling",
     "compact_tiling",
     "resolve_schedule",
+    "schedule_tiling",
     "ActiveRows",
     "active_rows",
     "conv2d_reference",

@@ -104,7 +104,7 @@ class BaseIntervals(NamedTuple):
     hi: torch.Tensor  # int32 [C_out]
     alignment: int  # 8 when C_in and every bound are multiples of 8, else 1
     uniform: bool  # every output channel has the same interval (the "first" layout)
-    uniform_lo: int  # that interval as host ints (0, 0 when not uniform)
+    uniform_lo: int  # that interval as host ints, passed to the kernels as is (0, 0 when not uniform)
     uniform_hi: int
 
 

@@ -1,6 +1,9 @@
 """Partial-sum channel-gated convolution in Triton (``docs/design.md#partial-sum-gate``, ``docs/design.md#kernels``).
 
-Two schedules (:data:`kernels.gated_tiling.SCHEDULES`). Compacted (the
+This module holds the first (for the tiled schedule, the only) kernel and the
+launch code; the compacted schedule's second kernel is in
+:mod:`kernels.gated_conditional`, the tile pieces both share in
+:mod:`kernels.gated_blocks`. Two schedules (:data:`kernels.gated_tiling.SCHEDULES`). Compacted (the
 default for gate groups of 16 channels or more): a first launch computes,
 per (pixel tile, block of whole gate groups), the base partial sum, the
 decisions and the epilogue of the base sum; the active pixels of each gate
@@ -46,106 +49,12 @@ from ._common import (
     weight_4d,
 )
 from ._validation import ConvGeometry, validate_gated
-from .conv2d import (
-    PATH_BASE,
-    PATH_CONDITIONAL,
-    PATH_DENSE,
-    accumulate_flat_k,
-    accumulate_taps,
-    k_steps,
-    pixel_coords,
-    store_epilogue,
-)
 from .compaction import active_rows
-from .gated_tiling import CompactTiling, GatedTiling, compact_tiling, gated_tiling, resolve_schedule, tiling_tail
+from .conv2d import PATH_BASE, PATH_CONDITIONAL, PATH_DENSE, accumulate_taps, k_steps, pixel_coords, store_epilogue
+from .gated_blocks import block_channels, conditional_sum, path_ranges
+from .gated_conditional import _gated_conditional_kernel
+from .gated_tiling import CompactTiling, GatedTiling, resolve_schedule, schedule_tiling, tiling_tail
 from .spec import GateSpec
-
-
-@triton.jit
-def _block_channels(pid_n, sub, gate_group, C_out, BLOCK_N: tl.constexpr, GROUP_SLOT: tl.constexpr,
-                    GROUPS_PER_BLOCK: tl.constexpr, SLOT_IS_GROUP: tl.constexpr):  # fmt: skip
-    """Output channels of the columns of sub-block ``sub`` of channel block ``pid_n``, and their validity.
-
-    Column ``col`` is offset ``col % GROUP_SLOT + sub*BLOCK_N`` inside gate
-    group ``pid_n*GROUPS_PER_BLOCK + col // GROUP_SLOT``; offsets past the
-    group's size (padding of a non-power-of-two group) and channels past C_out
-    are invalid. ``SLOT_IS_GROUP`` (the launcher's promise that
-    ``gate_group == GROUP_SLOT`` and ``GROUPS_PER_BLOCK*GROUP_SLOT == BLOCK_N``)
-    gives the same channels as one contiguous run, which the compiler can
-    load as 16-byte vectors.
-    """
-    col = tl.arange(0, BLOCK_N)
-    if SLOT_IS_GROUP:
-        ch = pid_n * BLOCK_N + col
-        return ch, ch < C_out
-    within = col % GROUP_SLOT + sub * BLOCK_N
-    ch = (pid_n * GROUPS_PER_BLOCK + col // GROUP_SLOT) * gate_group + within
-    return ch, (within < gate_group) & (ch < C_out)
-
-
-@triton.jit
-def _path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH: tl.constexpr):
-    """Input-channel ranges the two K loops of a column block cover.
-
-    Each output channel's base channels are ``[lo, hi)``. Base loop: the hull
-    ``[min lo, max hi)``. Conditional loops: ``[0, r1_hi)`` and ``[r2_lo, C_in)``,
-    i.e. everything but the channels that are base for every column
-    ``[max lo, min hi)`` (all of ``[0, C_in)`` when that is empty). Weight
-    masks make the loops exact when a block spans several base chunks. With
-    ``BASE_PATH`` dense, every output channel's interval is ``[uniform_lo,
-    uniform_hi)`` (scalar arguments, so the compiler sees their alignment and
-    vectorises the loads) and no interval is read. A block without a valid
-    channel gets empty ranges.
-    """
-    if BASE_PATH == PATH_DENSE:
-        any_valid = tl.max(ch_ok.to(tl.int32)) > 0
-        hull_lo = tl.where(any_valid, uniform_lo, C_in)
-        hull_hi = tl.where(any_valid, uniform_hi, 0)
-        r1_hi = tl.where(any_valid, uniform_lo, 0)
-        r2_lo = tl.where(any_valid, uniform_hi, C_in)
-        return ch, ch, hull_lo, hull_hi, r1_hi, r2_lo
-    lo = tl.load(base_lo_ptr + ch, mask=ch_ok, other=0)
-    hi = tl.load(base_hi_ptr + ch, mask=ch_ok, other=0)
-    hull_lo = tl.min(tl.where(ch_ok, lo, C_in))
-    hull_hi = tl.max(tl.where(ch_ok, hi, 0))
-    common_lo = tl.max(tl.where(ch_ok, lo, 0))
-    common_hi = tl.min(tl.where(ch_ok, hi, C_in))
-    split = common_hi > common_lo
-    r1_hi = tl.where(split, common_lo, C_in)
-    r2_lo = tl.where(split, common_hi, C_in)
-    return lo, hi, hull_lo, hull_hi, r1_hi, r2_lo
-
-
-@triton.jit
-def _conditional_sum(
-    x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
-    H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-    KH: tl.constexpr, KW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    FLAT_K: tl.constexpr, COND_PATH: tl.constexpr, RANGE_ALIGN: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):  # fmt: skip
-    """``Yr`` ``[BLOCK_M, BLOCK_N]`` float32: the conditional channels ``[0, r1_hi)`` and ``[r2_lo, C_in)`` of every tap.
-
-    Per tap (two :func:`accumulate_taps` loops) or, with ``FLAT_K``, over the
-    flattened (tap, channel) K of :func:`accumulate_flat_k`.
-    """
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if FLAT_K:
-        return accumulate_flat_k(
-            acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
-            H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW, KH, KW, BLOCK_K, COND_PATH,
-            UPCAST_DOT, DOT_PRECISION,
-        )  # fmt: skip
-    acc = accumulate_taps(
-        acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, 0, r1_hi, lo, hi,
-        H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-        KH, KW, BLOCK_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
-    )  # fmt: skip
-    return accumulate_taps(
-        acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r2_lo, C_in, lo, hi,
-        H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-        KH, KW, BLOCK_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
-    )  # fmt: skip
 
 
 @triton.jit
@@ -195,10 +104,10 @@ def _gated_conv2d_kernel(
     else:
         z_sum = tl.zeros([BLOCK_M, GROUPS_PER_BLOCK], dtype=tl.float32)
         for sub in tl.static_range(SUB_BLOCKS):
-            ch, ch_ok = _block_channels(
+            ch, ch_ok = block_channels(
                 pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK, SLOT_IS_GROUP
             )
-            lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = _path_ranges(
+            lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = path_ranges(
                 base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
             )
             y_base = accumulate_taps(
@@ -219,10 +128,10 @@ def _gated_conv2d_kernel(
     on = on != 0
     cond_steps = 0
     for sub in tl.static_range(SUB_BLOCKS):
-        ch, ch_ok = _block_channels(
+        ch, ch_ok = block_channels(
             pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK, SLOT_IS_GROUP
         )
-        lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = _path_ranges(
+        lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = path_ranges(
             base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
         )
         if HAS_DECISIONS or SUB_BLOCKS > 1:
@@ -239,7 +148,7 @@ def _gated_conv2d_kernel(
             yp_offs = pix.to(tl.int64)[:, None] * C_out + ch[None, :]
             tl.store(yp_ptr + yp_offs, y_base, mask=m_ok[:, None] & ch_ok[None, :] & on)
         elif any_on:
-            y_cond = _conditional_sum(
+            y_cond = conditional_sum(
                 x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
                 H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
                 KH, KW, BLOCK_M, BLOCK_N, BLOCK_K, False, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
@@ -257,69 +166,6 @@ def _gated_conv2d_kernel(
             if any_on:
                 tl.atomic_add(stats_ptr + 1, 1)
                 tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * step_macs)
-
-
-@triton.jit
-def _gated_conditional_kernel(
-    x_ptr, w_ptr, y_ptr, yp_ptr, rows_ptr, counts_ptr, base_lo_ptr, base_hi_ptr,
-    scale_ptr, shift_ptr, res_ptr, stats_ptr,
-    M, H, W, C_in, C_out, OH, OW, gate_group, uniform_lo, uniform_hi, tiles_per_column, rows_stride,
-    sxn, sxc, sxh, sxw, syn, syc, syh, syw, srn, src, srh, srw,
-    SH, SW, PH, PW, DH, DW,
-    KH: tl.constexpr, KW: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_SLOT: tl.constexpr, SUB_BLOCKS: tl.constexpr, SLOT_IS_GROUP: tl.constexpr, RANGE_ALIGN: tl.constexpr,
-    FLAT_K: tl.constexpr, BASE_PATH: tl.constexpr, COND_PATH: tl.constexpr, COUNT_STATS: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
-    UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):  # fmt: skip
-    """Second launch of the compacted schedule: one program per (gate group, sub-block, tile of active pixels).
-
-    The grid is sized by the upper bound (``tiles_per_column = cdiv(M, BLOCK_M)``
-    tiles per column); a program whose tile starts past its group's count of
-    active pixels (``counts_ptr``), or whose sub-block lies past the group's
-    last channel, does nothing. Otherwise it gathers its
-    ``BLOCK_M`` pixels from the group's list (``rows_ptr``, which may mix
-    images), runs the conditional K loops as an implicit GEMM over those rows
-    (3x3 halo read from the channels_last input; per tap, or with ``FLAT_K``
-    over the flattened (tap, channel) K of :func:`accumulate_flat_k`), adds the float32 base sum
-    the first launch left in ``yp_ptr`` and stores the fused epilogue over the
-    first launch's output. Counters: conditional tiles and MACs.
-    """
-    pid = tl.program_id(0)
-    column = pid // tiles_per_column
-    tile = pid - column * tiles_per_column
-    group = column // SUB_BLOCKS
-    sub = column - group * SUB_BLOCKS
-    count = tl.load(counts_ptr + group)
-    group_width = tl.minimum(gate_group, C_out - group * gate_group)
-    if (tile * BLOCK_M < count) & (sub * BLOCK_N < group_width):
-        slot = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_ok = slot < count
-        pix = tl.load(rows_ptr + group.to(tl.int64) * rows_stride + slot, mask=m_ok, other=0)
-        img, oh, ow, _ = pixel_coords(pix, M, OH, OW)
-        ch, ch_ok = _block_channels(group, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, 1, SLOT_IS_GROUP)
-        lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = _path_ranges(
-            base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
-        )
-        yp_offs = pix.to(tl.int64)[:, None] * C_out + ch[None, :]
-        y = tl.load(yp_ptr + yp_offs, mask=m_ok[:, None] & ch_ok[None, :], other=0.0)
-        y_cond = _conditional_sum(
-            x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
-            H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-            KH, KW, BLOCK_M, BLOCK_N, BLOCK_K, FLAT_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
-        )  # fmt: skip
-        if FLAT_K:
-            cond_steps = tl.cdiv(KH * KW * (r1_hi + C_in - r2_lo), BLOCK_K)
-        else:
-            cond_steps = KH * KW * (k_steps(0, r1_hi, BLOCK_K) + k_steps(r2_lo, C_in, BLOCK_K))
-        store_epilogue(
-            y + y_cond, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, m_ok, ch, ch_ok,
-            syn, syc, syh, syw, srn, src, srh, srw, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL, RELU,
-        )  # fmt: skip
-        if COUNT_STATS:
-            tl.atomic_add(stats_ptr + 1, 1)
-            tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * (BLOCK_M * BLOCK_N * BLOCK_K))
 
 
 @functools.lru_cache(maxsize=256)
@@ -409,22 +255,18 @@ def gated_conv2d(
     )  # fmt: skip
     schedule = resolve_schedule(schedule, gate_group, geom.out_channels)
     require_kernel_support(x)
-    shape = (geom.pixels, geom.in_channels, geom.out_channels)
-    if schedule == "compact":
-        compact = compact_tiling(*shape, geom.kernel, gate_group, base_fraction, base_layout)
-        tiling, tail = compact.base, tiling_tail(compact.columns)
-    else:
-        compact, tiling = None, gated_tiling(*shape, gate_group, base_fraction)
-        tail = tiling_tail(tiling)
+    tiling = schedule_tiling(
+        schedule, geom.pixels, geom.in_channels, geom.out_channels, geom.kernel, gate_group, base_fraction, base_layout
+    )
     y = new_output(geom, x)
     out_decisions = new_decisions(geom, gate_group, x)
     if decisions is not None:
         out_decisions.copy_(decisions)
-    counters = _counters_template(tail, x.device).clone() if count_work else _no_counters(x)
+    counters = _counters_template(tiling_tail(tiling.counted), x.device).clone() if count_work else _no_counters(x)
     if geom.pixels == 0:
         return y, out_decisions, counters
     launch = _GatedLaunch(
-        geom, tiling, compact, gate_group, channels_last(x), packed_data(weight), y, out_decisions.view(torch.uint8),
+        geom, tiling, gate_group, channels_last(x), packed_data(weight), y, out_decisions.view(torch.uint8),
         contiguous_vector(gate_scale), contiguous_vector(gate_shift),
         base_intervals(geom.out_channels, geom.in_channels, base_fraction, base_layout, x.device),
         contiguous_vector(scale), contiguous_vector(shift), residual, relu, decisions is not None,
@@ -440,13 +282,17 @@ def _no_counters(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(0, dtype=torch.int64, device=x.device)
 
 
+def _slot_is_group(tiling: GatedTiling, gate_group: int) -> bool:
+    """Whether every gate group exactly fills its column slot (the kernels' ``SLOT_IS_GROUP`` promise)."""
+    return gate_group == tiling.group_slot and tiling.sub_blocks == 1
+
+
 @dataclass(frozen=True)
 class _GatedLaunch:
     """Checked, laid-out arguments of one gated call's launches (``w`` packed ``[kh, kw, C_in, C_out]``)."""
 
     geom: ConvGeometry
-    tiling: GatedTiling  # the first (tiled: only) launch
-    compact: CompactTiling | None  # the compacted schedule's tiles, None for the tiled schedule
+    tiling: GatedTiling | CompactTiling  # the schedule's tiles (``tiling.first``: the first launch's)
     gate_group: int
     x: torch.Tensor
     w: torch.Tensor
@@ -463,24 +309,24 @@ class _GatedLaunch:
     counters: torch.Tensor | None  # counted into when not None
 
     def run(self) -> None:
-        geom, tiling, y = self.geom, self.tiling, self.y
+        geom, tiling, y = self.geom, self.tiling.first, self.y
         num_gate_groups = partition.gate_group_count(geom.out_channels, self.gate_group)
         base_sums = None
-        if self.compact is not None:
+        if isinstance(self.tiling, CompactTiling):
             base_sums = torch.empty(geom.pixels, geom.out_channels, dtype=torch.float32, device=y.device)
         grid = (triton.cdiv(geom.pixels, tiling.block_m) * triton.cdiv(num_gate_groups, tiling.groups_per_block),)
         _gated_conv2d_kernel[grid](
             self.x, self.w, y, optional_pointer(base_sums, y), self.dec_bytes, self.gate_scale, self.gate_shift,
             self.base.lo, self.base.hi, *self._epilogue_pointers(),
             geom.pixels, geom.height, geom.width, geom.in_channels, geom.out_channels,
-            geom.out_height, geom.out_width, num_gate_groups, self.gate_group, *self._uniform_interval(),
+            geom.out_height, geom.out_width, num_gate_groups, self.gate_group,
+            self.base.uniform_lo, self.base.uniform_hi,
             *self.x.stride(), *y.stride(), *self.dec_bytes.stride(), *tensor_strides(self.residual),
             *geom.stride, *geom.padding, *geom.dilation,
             KH=geom.kernel[0], KW=geom.kernel[1],
             BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
             GROUP_SLOT=tiling.group_slot, GROUPS_PER_BLOCK=tiling.groups_per_block, SUB_BLOCKS=tiling.sub_blocks,
-            SLOT_IS_GROUP=self.gate_group == tiling.group_slot and tiling.sub_blocks == 1,
-            RANGE_ALIGN=self.base.alignment, **self._paths(),
+            SLOT_IS_GROUP=_slot_is_group(tiling, self.gate_group), RANGE_ALIGN=self.base.alignment, **self._paths(),
             HAS_DECISIONS=self.decisions_given, COUNT_STATS=self.counters is not None, COMPACT=base_sums is not None,
             **self._epilogue_flags(), num_warps=tiling.num_warps, num_stages=tiling.num_stages,
             **dot_options(self.x.dtype),
@@ -490,7 +336,7 @@ class _GatedLaunch:
 
     def _run_conditional(self, base_sums: torch.Tensor, num_gate_groups: int) -> None:
         """List each group's active pixels on device, then launch the conditional tiles over them."""
-        geom, tiling, y = self.geom, self.compact, self.y
+        geom, tiling, y = self.geom, self.tiling, self.y
         flat = self.dec_bytes.permute(0, 2, 3, 1).reshape(geom.pixels, num_gate_groups)
         rows, counts = active_rows(flat)
         tiles_per_column = triton.cdiv(geom.pixels, tiling.block_m)
@@ -498,23 +344,19 @@ class _GatedLaunch:
         _gated_conditional_kernel[grid](
             self.x, self.w, y, base_sums, rows, counts, self.base.lo, self.base.hi, *self._epilogue_pointers(),
             geom.pixels, geom.height, geom.width, geom.in_channels, geom.out_channels,
-            geom.out_height, geom.out_width, self.gate_group, *self._uniform_interval(), tiles_per_column,
-            rows.stride(0),
+            geom.out_height, geom.out_width, self.gate_group, self.base.uniform_lo, self.base.uniform_hi,
+            tiles_per_column, rows.stride(0),
             *self.x.stride(), *y.stride(), *tensor_strides(self.residual),
             *geom.stride, *geom.padding, *geom.dilation,
             KH=geom.kernel[0], KW=geom.kernel[1],
             BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
-            GROUP_SLOT=tiling.group_slot, SUB_BLOCKS=tiling.sub_blocks,
-            SLOT_IS_GROUP=self.gate_group == tiling.group_slot and tiling.sub_blocks == 1,
-            RANGE_ALIGN=self.base.alignment, FLAT_K=tiling.flat_k, **self._paths(),
+            GROUP_SLOT=tiling.block_n, SUB_BLOCKS=tiling.sub_blocks,
+            SLOT_IS_GROUP=_slot_is_group(tiling.columns, self.gate_group), RANGE_ALIGN=self.base.alignment,
+            FLAT_K=tiling.flat_k, **self._paths(),
             COUNT_STATS=self.counters is not None,
             **self._epilogue_flags(), num_warps=tiling.num_warps, num_stages=tiling.num_stages,
             **dot_options(self.x.dtype),
         )  # fmt: skip
-
-    def _uniform_interval(self) -> tuple[int, int]:
-        """The one base interval ``(lo, hi)`` of a uniform layout (host ints cached with it), else ``(0, 0)``."""
-        return (self.base.uniform_lo, self.base.uniform_hi) if self.base.uniform else (0, 0)
 
     def _paths(self) -> dict[str, int]:
         """K-loop weight masks: none when every output channel has the same base interval, else per (input, output)."""

@@ -30,6 +30,7 @@ __all__ = [
     "compact_tiling",
     "gated_kernel_counters",
     "resolve_schedule",
+    "schedule_tiling",
     "gated_tiling",
     "tiling_tail",
 ]
@@ -63,6 +64,16 @@ class GatedTiling:
     sub_blocks: int
     num_warps: int
     num_stages: int
+
+    @property
+    def first(self) -> GatedTiling:
+        """The tiles of the launch that computes the base sums: this one launch."""
+        return self
+
+    @property
+    def counted(self) -> GatedTiling:
+        """The tiles the conditional work is counted in (the counters' tiling fields)."""
+        return self
 
 
 def gated_tiling(
@@ -173,8 +184,8 @@ class CompactTiling:
     dense, so a program holds as many whole gate groups as fit in
     ``MAX_BLOCK_N`` columns). The conditional launch runs one column of
     ``block_n`` channels of one gate group (``sub_blocks`` columns per group
-    wider than ``MAX_BLOCK_N``; ``group_slot == block_n``: columns past the
-    group's size are masked) over tiles of ``block_m`` compacted active
+    wider than ``MAX_BLOCK_N``; columns past the group's size are masked)
+    over tiles of ``block_m`` compacted active
     pixels of that group, ``block_k`` input channels per K step.
     """
 
@@ -182,7 +193,6 @@ class CompactTiling:
     block_m: int
     block_n: int
     block_k: int
-    group_slot: int
     sub_blocks: int
     flat_k: bool
     num_warps: int
@@ -191,8 +201,31 @@ class CompactTiling:
     @property
     def columns(self) -> GatedTiling:
         """The conditional launch's columns as a one-group-per-program :class:`GatedTiling`."""
-        return GatedTiling(self.block_m, self.block_n, self.block_k, self.group_slot, 1, self.sub_blocks,
+        return GatedTiling(self.block_m, self.block_n, self.block_k, self.block_n, 1, self.sub_blocks,
                            self.num_warps, self.num_stages)  # fmt: skip
+
+    @property
+    def first(self) -> GatedTiling:
+        """The tiles of the launch that computes the base sums."""
+        return self.base
+
+    @property
+    def counted(self) -> GatedTiling:
+        """The tiles the conditional work is counted in (the counters' tiling fields): the columns."""
+        return self.columns
+
+
+def schedule_tiling(
+    schedule: str, pixels: int, in_channels: int, out_channels: int, kernel: tuple[int, int], gate_group: int,
+    base_fraction: float, base_layout: str,
+) -> GatedTiling | CompactTiling:  # fmt: skip
+    """The tiles of a resolved ``schedule``: :func:`compact_tiling` or :func:`gated_tiling`.
+
+    The launcher and :func:`gated_kernel_counters` both take their tiles from here.
+    """
+    if schedule == "compact":
+        return compact_tiling(pixels, in_channels, out_channels, kernel, gate_group, base_fraction, base_layout)
+    return gated_tiling(pixels, in_channels, out_channels, gate_group, base_fraction)
 
 
 @functools.lru_cache(maxsize=512)
@@ -239,7 +272,7 @@ def compact_tiling(
         ((flat, k) for flat in (False, True) for k in (64, 32, 16)), key=lambda c: (padded(*c), c[0], -c[1])
     )
     num_warps = 8 if block_m * block_n >= 128 * 128 else 4
-    return CompactTiling(base, block_m, block_n, block_k, columns.group_slot, sub_blocks, flat_k, num_warps, 3)
+    return CompactTiling(base, block_m, block_n, block_k, sub_blocks, flat_k, num_warps, 3)
 
 
 def _column_steps(
@@ -254,7 +287,10 @@ def _column_steps(
 
 
 def _least_padded_block_k(tiling: GatedTiling, layer: tuple[int, int, float, str, int], path: str) -> int:
-    """``block_k`` in {64, 32, 16} with the fewest padded channels over ``path``'s loops of every column (largest on ties)."""
+    """``block_k`` in {64, 32, 16} with the fewest padded channels over ``path``'s loops of every column.
+
+    The largest wins ties.
+    """
 
     def padded(block_k: int) -> int:
         base, conditional = _block_k_steps(tiling, block_k, *layer)
@@ -319,13 +355,11 @@ def gated_kernel_counters(
     pixels = n * oh * ow
     layer = (in_channels, out_channels, base_fraction, base_layout, gate_group)
     taps = kernel[0] * kernel[1]
-    if schedule == "compact":
-        compact = compact_tiling(pixels, in_channels, out_channels, kernel, gate_group, base_fraction, base_layout)
-        base_tiling, tail = compact.base, tiling_tail(compact.columns)
-    else:
-        base_tiling = gated_tiling(pixels, in_channels, out_channels, gate_group, base_fraction)
-        tail = tiling_tail(base_tiling)
-    counters = torch.tensor([0, 0, 0, 0, *tail], dtype=torch.int64)
+    tiling = schedule_tiling(
+        schedule, pixels, in_channels, out_channels, kernel, gate_group, base_fraction, base_layout
+    )
+    base_tiling = tiling.first
+    counters = torch.tensor([0, 0, 0, 0, *tiling_tail(tiling.counted)], dtype=torch.int64)
     if pixels == 0:
         return counters.to(decisions.device)
     base_steps, cond_steps = _block_k_steps(base_tiling, base_tiling.block_k, *layer)
@@ -336,9 +370,9 @@ def gated_kernel_counters(
     counters[0] = rows * blocks
     counters[2] = rows * base_passes * base_steps.sum() * base_tiling.block_m * base_tiling.block_n * taps
     counters[2] *= base_tiling.block_k
-    if schedule == "compact":
-        columns = compact.columns
-        column_steps = _column_steps(columns, columns.block_k, compact.flat_k, taps, layer)
+    if isinstance(tiling, CompactTiling):
+        columns = tiling.columns
+        column_steps = _column_steps(columns, columns.block_k, tiling.flat_k, taps, layer)
         tiles = -(-flat.sum(dim=0) // columns.block_m)  # [G] conditional tiles per group and sub-block
         widths = torch.tensor(partition.group_sizes(out_channels, gate_group))
         counters[1] = (tiles * (-(-widths // columns.block_n))).sum()  # sub-blocks holding channels

@@ -583,7 +583,7 @@ def test_gated_kernel_compiles_for_hopper_with_tensor_cores(tmp_path: Path) -> N
         for m, n, k, subs, flat in ((16, 16, 64, 1, False), (128, 16, 16, 1, True), (64, 64, 32, 1, False),
                                     (64, 128, 64, 2, False), (64, 16, 32, 1, True))  # fmt: skip
     ]
-    compiled = compile_for_hopper("kernels.gated_conv2d", "_gated_conditional_kernel", conditional, tmp_path)
+    compiled = compile_for_hopper("kernels.gated_conditional", "_gated_conditional_kernel", conditional, tmp_path)
     assert compiled == [True] * len(conditional)
 
 

@@ -1,0 +1,79 @@
+"""Second launch of the compacted gated schedule: conditional tiles over compacted active pixels.
+
+``_gated_conditional_kernel`` completes what the first launch
+(``_gated_conv2d_kernel`` with ``COMPACT``, :mod:`kernels.gated_conv2d`) left:
+for each gate group, the conditional channels of the pixels that
+:func:`kernels.compaction.active_rows` listed for it
+(``docs/design.md#kernels``). Launched by :func:`kernels.gated_conv2d.gated_conv2d`.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .conv2d import k_steps, pixel_coords, store_epilogue
+from .gated_blocks import block_channels, conditional_sum, path_ranges
+
+
+@triton.jit
+def _gated_conditional_kernel(
+    x_ptr, w_ptr, y_ptr, yp_ptr, rows_ptr, counts_ptr, base_lo_ptr, base_hi_ptr,
+    scale_ptr, shift_ptr, res_ptr, stats_ptr,
+    M, H, W, C_in, C_out, OH, OW, gate_group, uniform_lo, uniform_hi, tiles_per_column, rows_stride,
+    sxn, sxc, sxh, sxw, syn, syc, syh, syw, srn, src, srh, srw,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_SLOT: tl.constexpr, SUB_BLOCKS: tl.constexpr, SLOT_IS_GROUP: tl.constexpr, RANGE_ALIGN: tl.constexpr,
+    FLAT_K: tl.constexpr, BASE_PATH: tl.constexpr, COND_PATH: tl.constexpr, COUNT_STATS: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Second launch of the compacted schedule: one program per (gate group, sub-block, tile of active pixels).
+
+    The grid is sized by the upper bound (``tiles_per_column = cdiv(M, BLOCK_M)``
+    tiles per column); a program whose tile starts past its group's count of
+    active pixels (``counts_ptr``), or whose sub-block lies past the group's
+    last channel, does nothing. Otherwise it gathers its
+    ``BLOCK_M`` pixels from the group's list (``rows_ptr``, which may mix
+    images), runs the conditional K loops as an implicit GEMM over those rows
+    (3x3 halo read from the channels_last input; per tap, or with ``FLAT_K``
+    over the flattened (tap, channel) K of :func:`accumulate_flat_k`), adds the float32 base sum
+    the first launch left in ``yp_ptr`` and stores the fused epilogue over the
+    first launch's output. Counters: conditional tiles and MACs.
+    """
+    pid = tl.program_id(0)
+    column = pid // tiles_per_column
+    tile = pid - column * tiles_per_column
+    group = column // SUB_BLOCKS
+    sub = column - group * SUB_BLOCKS
+    count = tl.load(counts_ptr + group)
+    group_width = tl.minimum(gate_group, C_out - group * gate_group)
+    if (tile * BLOCK_M < count) & (sub * BLOCK_N < group_width):
+        slot = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = slot < count
+        pix = tl.load(rows_ptr + group.to(tl.int64) * rows_stride + slot, mask=m_ok, other=0)
+        img, oh, ow, _ = pixel_coords(pix, M, OH, OW)
+        ch, ch_ok = block_channels(group, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, 1, SLOT_IS_GROUP)
+        lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = path_ranges(
+            base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
+        )
+        yp_offs = pix.to(tl.int64)[:, None] * C_out + ch[None, :]
+        y = tl.load(yp_ptr + yp_offs, mask=m_ok[:, None] & ch_ok[None, :], other=0.0)
+        y_cond = conditional_sum(
+            x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
+            H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+            KH, KW, BLOCK_M, BLOCK_N, BLOCK_K, FLAT_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+        )  # fmt: skip
+        if FLAT_K:
+            cond_steps = tl.cdiv(KH * KW * (r1_hi + C_in - r2_lo), BLOCK_K)
+        else:
+            cond_steps = KH * KW * (k_steps(0, r1_hi, BLOCK_K) + k_steps(r2_lo, C_in, BLOCK_K))
+        store_epilogue(
+            y + y_cond, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, m_ok, ch, ch_ok,
+            syn, syc, syh, syw, srn, src, srh, srw, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL, RELU,
+        )  # fmt: skip
+        if COUNT_STATS:
+            tl.atomic_add(stats_ptr + 1, 1)
+            tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * (BLOCK_M * BLOCK_N * BLOCK_K))
