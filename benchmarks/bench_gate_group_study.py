@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,24 +18,29 @@ TINY = DemoConfig(
 
 
 @pytest.mark.slow
-def test_study_trains_each_width_on_one_shared_teacher_and_counts_its_decisions(tmp_path: Path) -> None:
-    result = gate_group_study.study(tmp_path, [16, 32], [0], images=4, base=TINY)
-    narrow, wide = result["widths"]
-    assert (narrow["gate_group"], wide["gate_group"]) == (16, 32)
-    # one teacher per seed, shared: both widths measure against the same teacher accuracy
-    assert narrow["runs"][0]["teacher_accuracy"] == wide["runs"][0]["teacher_accuracy"]
+def test_study_trains_each_setting_on_one_shared_teacher_and_counts_its_decisions(tmp_path: Path) -> None:
+    result = gate_group_study.study(tmp_path, [16, 32], [0], images=4, base=TINY, gate_blocks=[1, 2])
+    settings = {(s["gate_group"], s["gate_block"]): s for s in result["settings"]}
+    assert list(settings) == [(16, 1), (16, 2), (32, 1), (32, 2)]
+    # one teacher per seed, shared: every setting measures against the same teacher accuracy
+    assert len({s["runs"][0]["teacher_accuracy"] for s in settings.values()}) == 1
     assert (tmp_path / "teacher-seed-0.ckpt").is_file()
-    for width in (narrow, wide):
-        counts = width["runs"][0]["counts"]
+    for (gate_group, gate_block), setting in settings.items():
+        counts = setting["runs"][0]["counts"]
         assert counts["kernel_conditional_macs"] >= counts["conditional_macs"] > 0
-        assert width["mean_kernel_overhead"] == pytest.approx(counts["kernel_overhead"])
-        config = json.loads((tmp_path / f"g{width['gate_group']}" / "seed-0" / "results.json").read_text())
-        assert config["demo_config"]["gate_group"] == width["gate_group"]
+        assert setting["mean_kernel_overhead"] == pytest.approx(counts["kernel_overhead"])
+        folder = tmp_path / gate_group_study.setting_name(gate_group, gate_block) / "seed-0"
+        config = json.loads((folder / "results.json").read_text())["demo_config"]
+        assert (config["gate_group"], config["gate_block"]) == (gate_group, gate_block)
+    assert (tmp_path / "g16-b2" / "seed-0").is_dir() and (tmp_path / "g16" / "seed-0").is_dir()
     # a finished run is reused, not retrained
     before = (tmp_path / "g16" / "seed-0" / "student.ckpt").stat().st_mtime_ns
     again = gate_group_study.study(tmp_path, [16], [0], images=4, base=TINY)
-    assert again["widths"][0]["runs"][0]["student_accuracy"] == narrow["runs"][0]["student_accuracy"]
+    assert again["settings"][0]["runs"][0]["student_accuracy"] == settings[16, 1]["runs"][0]["student_accuracy"]
     assert (tmp_path / "g16" / "seed-0" / "student.ckpt").stat().st_mtime_ns == before
+    # ... but not for another recipe
+    with pytest.raises(ValueError, match="student_lr=0.05 \\(wanted 0.1\\)"):
+        gate_group_study.study(tmp_path, [16], [0], images=4, base=dataclasses.replace(TINY, student_lr=0.1))
 
 
 def test_study_command_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

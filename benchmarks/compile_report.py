@@ -1,7 +1,7 @@
 """What the compiler makes of the conv kernels for Hopper (sm_90), without a GPU.
 
-    python -m benchmarks.compile_report [--models r50] [--batches 64 8] [--gate-group 16] [--shapes NAME...]
-                                        [--out FILE]
+    python -m benchmarks.compile_report [--models r50] [--batches 64 8] [--gate-group 16] [--gate-block 1]
+                                        [--shapes NAME...] [--out FILE]
 
 For every layer shape of the chosen models and batch, the project's own launch
 functions (:func:`kernels.conv2d.conv2d`, :func:`kernels.gated_conv2d.gated_conv2d`,
@@ -172,7 +172,9 @@ def analyse(compiled: Any, workdir: Path) -> dict[str, Any]:
     }
 
 
-def layer_launches(shape: Any, batch: int, gate_group: int, base_fraction: float) -> list[dict[str, Any]]:
+def layer_launches(
+    shape: Any, batch: int, gate_group: int, base_fraction: float, gate_block: int = 1
+) -> list[dict[str, Any]]:
     """Compile what one dense and one gated call of ``shape`` at ``batch`` launch (meta tensors, bfloat16)."""
     import kernels
     from kernels.conv2d import conv2d
@@ -186,12 +188,14 @@ def layer_launches(shape: Any, batch: int, gate_group: int, base_fraction: float
     geometry = {"stride": shape.stride, "padding": shape.padding, "scale": vector, "shift": vector, "relu": True}
     with captured_launches() as launches:
         conv2d(x, weight, **geometry)
-        gated_conv2d(x, weight, vector, vector, gate_group=gate_group, base_fraction=base_fraction, **geometry)
+        gated_conv2d(x, weight, vector, vector, gate_group=gate_group, base_fraction=base_fraction,
+                     gate_block=gate_block, **geometry)
     return launches
 
 
 def report(
-    models: list[str], batches: list[int], gate_group: int, base_fraction: float, shapes: list[str] | None = None
+    models: list[str], batches: list[int], gate_group: int, base_fraction: float, shapes: list[str] | None = None,
+    gate_block: int = 1,
 ) -> list[dict[str, Any]]:
     """One record per distinct compiled kernel, naming every (model, shape, batch) launch that uses it.
 
@@ -206,7 +210,7 @@ def report(
                 if shapes and shape.name not in shapes:
                     continue
                 for batch in batches:
-                    for launch in layer_launches(shape, batch, gate_group, base_fraction):
+                    for launch in layer_launches(shape, batch, gate_group, base_fraction, gate_block):
                         key = launch["compiled"].hash
                         if key not in records:
                             tiling = {k: v for k, v in launch["constexprs"].items() if k.isupper()}
@@ -234,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=["r50"], help="default: %(default)s")
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 8], help="default: %(default)s")
     parser.add_argument("--gate-group", type=int, default=16, help="default: %(default)s")
+    parser.add_argument("--gate-block", type=int, default=1, help="default: %(default)s")
     parser.add_argument("--base-fraction", type=float, default=0.25, help="default: %(default)s")
     parser.add_argument("--shapes", nargs="+", help="only these layers, e.g. r50.layer1.0.conv2 (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS / "compile_report_sm90.json", help="default: %(default)s")
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         triton = _triton()
     except RuntimeError as exc:
         parser.error(str(exc))
-    records = report(args.models, args.batches, args.gate_group, args.base_fraction, args.shapes)
+    records = report(args.models, args.batches, args.gate_group, args.base_fraction, args.shapes, args.gate_block)
     payload = {
         "benchmark": "compile_report",
         "target": f"cuda:{TARGET_ARCH}",

@@ -1,20 +1,21 @@
-"""Gate-group width study: accuracy and kernel work of demo students trained at several ``gate_group`` widths.
+"""Gate granularity study: accuracy and kernel work of demo students trained at several gate granularities.
 
-    python -m benchmarks.gate_group_study --out runs/gate_groups [--gate-groups 16 32 64] [--seeds 0 1 2]
-                                          [--images 64] [--threads N] [--result FILE]
+    python -m benchmarks.gate_group_study --out runs/gate_groups [--gate-groups 16 32 64] [--gate-blocks 1 2 4]
+                                          [--seeds 0 1 2] [--images 64] [--threads N] [--result FILE]
 
-For every width, the demo pipeline (``python -m gating demo``, its default
-recipe) runs once per seed in ``OUT/g{G}/seed-{S}``. Finished runs are reused
-and an interrupted one resumes from its checkpoints; the dense teacher of a
-seed is trained once and shared by every width (``OUT/teacher-seed-{S}.ckpt``),
-so the widths differ only in their gates. Each student's decisions on
+For every setting (``gate_group`` x ``gate_block``), the demo pipeline
+(``python -m gating demo``, its default recipe) runs once per seed in
+``OUT/g{G}/seed-{S}`` (``OUT/g{G}-b{B}/seed-{S}`` for blocks over 1). Finished
+runs are reused and an interrupted one resumes from its checkpoints; the
+dense teacher of a seed is trained once and shared by every setting
+(``OUT/teacher-seed-{S}.ckpt``), so the settings differ only in their gates. Each student's decisions on
 ``--images`` built-in test images of its seed are then recorded and counted
 (:mod:`benchmarks.recorded`): the algorithmic MAC reduction, and the
 conditional MACs the gated kernel runs over the exact ones, for the default
 (compacted) schedule (whole network at batch ``--images`` and its worst
-layer) and for the tiled schedule. Prints one row per width and writes the
+layer) and for the tiled schedule. Prints one row per setting and writes the
 JSON (default ``benchmarks/results/gate_group_study.json``) with every run,
-the per-width summary, the recipe and the torch version. Timing needs a GPU
+the per-setting summary, the recipe and the torch version. Timing needs a GPU
 and is not part of it.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import platform
 import shutil
@@ -49,18 +51,26 @@ def count_student(run: Path, images: int) -> dict[str, Any]:
     """Whole-network counts of the student of demo run ``run`` on ``images`` built-in test images of its seed."""
     student, config = demo_student(run)
     inputs = data.synthetic_dataset(images, config.image_size, seed=2 * config.seed + 1).tensors[0]
-    layers = record_decisions(student, inputs, prefix=f"g{config.gate_group}-seed{config.seed}.")
-    (total,) = network_totals(recorded_records(layers, [images], f"g{config.gate_group}-seed{config.seed}"))
+    name = f"{setting_name(config.gate_group, config.gate_block)}-seed{config.seed}"
+    layers = record_decisions(student, inputs, prefix=f"{name}.")
+    (total,) = network_totals(recorded_records(layers, [images], name))
     keep = ("macs_dense", "macs_executed", "ideal_speedup", "conditional_macs", "kernel_conditional_macs",
             "kernel_overhead", "worst_layer_kernel_overhead", "tiled_kernel_overhead")  # fmt: skip
     return {key: total[key] for key in keep}
+
+
+def setting_name(gate_group: int, gate_block: int) -> str:
+    """``g{G}``, or ``g{G}-b{B}`` for decisions over pixel blocks: the setting's folder and label."""
+    return f"g{gate_group}" if gate_block == 1 else f"g{gate_group}-b{gate_block}"
 
 
 def _run(config: DemoConfig, shared_teacher: Path) -> dict[str, Any]:
     """One demo run (reused when finished), its teacher taken from / given to ``shared_teacher``."""
     results = config.out / "results.json"
     if results.is_file():
-        return json.loads(results.read_text())
+        result = json.loads(results.read_text())
+        _check_same_recipe(result["demo_config"], config)
+        return result
     config.out.mkdir(parents=True, exist_ok=True)
     teacher = config.out / "teacher.ckpt"
     if shared_teacher.is_file() and not teacher.is_file():
@@ -71,31 +81,52 @@ def _run(config: DemoConfig, shared_teacher: Path) -> dict[str, Any]:
     return result
 
 
+_RUN_ONLY = ("out", "resume", "progress", "device")  # settings that do not change what a run trains
+
+
+def _check_same_recipe(saved: dict[str, Any], config: DemoConfig) -> None:
+    """``ValueError`` naming the differing settings unless a finished run was trained with ``config``'s recipe.
+
+    Settings the run's ``results.json`` predates take their defaults (what it ran with).
+    """
+    saved = {**DemoConfig(progress=False).to_dict(), **saved}
+    wanted = config.to_dict()
+    differing = sorted(key for key in wanted if key not in _RUN_ONLY and saved.get(key) != wanted[key])
+    if differing:
+        details = ", ".join(f"{key}={saved.get(key)!r} (wanted {wanted[key]!r})" for key in differing)
+        raise ValueError(f"{config.out} holds a run with another recipe: {details}; use another --out")
+
+
 def study(
-    out: Path, gate_groups: Sequence[int], seeds: Sequence[int], images: int, base: DemoConfig | None = None
+    out: Path,
+    gate_groups: Sequence[int],
+    seeds: Sequence[int],
+    images: int,
+    base: DemoConfig | None = None,
+    gate_blocks: Sequence[int] = (1,),
 ) -> dict[str, Any]:
-    """Train and count every (width, seed); returns the study (what :func:`main` writes).
+    """Train and count every (gate_group, gate_block, seed); returns the study (what :func:`main` writes).
 
     ``base``: the demo settings every run starts from (default ``DemoConfig()``;
-    its ``out``, ``seed`` and ``gate_group`` are replaced).
+    its ``out``, ``seed``, ``gate_group`` and ``gate_block`` are replaced).
     """
     check_seeds(seeds)
     base = base or DemoConfig()
-    widths = []
-    for gate_group in gate_groups:
+    settings = []
+    for gate_group, gate_block in itertools.product(gate_groups, gate_blocks):
         runs = []
         for seed in seeds:
-            print(f"=== gate_group {gate_group}, seed {seed} ===", flush=True)
-            run_dir = out / f"g{gate_group}" / f"seed-{seed}"
-            config = dataclasses.replace(base, out=run_dir, seed=seed, gate_group=gate_group)
+            print(f"=== gate_group {gate_group}, gate_block {gate_block}, seed {seed} ===", flush=True)
+            run_dir = out / setting_name(gate_group, gate_block) / f"seed-{seed}"
+            config = dataclasses.replace(base, out=run_dir, seed=seed, gate_group=gate_group, gate_block=gate_block)
             result = _run(config, out / f"teacher-seed-{seed}.ckpt")
             runs.append({key: result[key] for key in ("seed", "teacher_accuracy", "student_accuracy", "accuracy_gap",
                                                       "macs_reduction", "bytes_reduction")}
                         | {"counts": count_student(run_dir, images)})  # fmt: skip
         summary = summarize_seeds(runs)
         overheads = [run["counts"]["kernel_overhead"] for run in runs]
-        widths.append({
-            "gate_group": gate_group, **summary,
+        settings.append({
+            "gate_group": gate_group, "gate_block": gate_block, **summary,
             "mean_kernel_overhead": sum(overheads) / len(overheads), "worst_kernel_overhead": max(overheads),
             "worst_layer_kernel_overhead": max(run["counts"]["worst_layer_kernel_overhead"] for run in runs),
             "mean_tiled_kernel_overhead": sum(run["counts"]["tiled_kernel_overhead"] for run in runs) / len(runs),
@@ -104,21 +135,21 @@ def study(
     return {
         "benchmark": "gate_group_study",
         "images": images,
-        "demo_config": {**base.to_dict(), "out": None, "seed": None, "gate_group": None},
+        "demo_config": {**base.to_dict(), "out": None, "seed": None, "gate_group": None, "gate_block": None},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "widths": widths,
+        "settings": settings,
     }
 
 
 def table(result: dict[str, Any]) -> str:
-    """One row per width: accuracy gap (mean / worst), MAC reduction, kernel over exact conditional MACs."""
-    lines = [f"{'gate_group':>10}{'mean gap':>10}{'worst gap':>11}{'MAC red.':>10}{'kernel/exact':>14}"
+    """One row per setting: accuracy gap (mean / worst), MAC reduction, kernel over exact conditional MACs."""
+    lines = [f"{'gate_group':>10}{'block':>7}{'mean gap':>10}{'worst gap':>11}{'MAC red.':>10}{'kernel/exact':>14}"
              f"{'worst layer':>13}{'tiled':>8}"]  # fmt: skip
-    for w in result["widths"]:
+    for w in result["settings"]:
         lines.append(
-            f"{w['gate_group']:>10}{w['mean_gap']:>10.2f}{w['worst_gap']:>11.2f}{w['mean_macs_reduction']:>9.2f}x"
+            f"{w['gate_group']:>10}{w.get('gate_block', 1):>7}{w['mean_gap']:>10.2f}{w['worst_gap']:>11.2f}{w['mean_macs_reduction']:>9.2f}x"
             f"{w['mean_kernel_overhead']:>14.2f}{w['worst_layer_kernel_overhead']:>13.2f}"
             f"{w['mean_tiled_kernel_overhead']:>8.2f}"
         )
@@ -129,17 +160,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gate_group_study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder of the runs (reused when finished)")
     parser.add_argument("--gate-groups", nargs="+", type=int, default=[16, 32, 64], help="default: %(default)s")
+    parser.add_argument("--gate-blocks", nargs="+", type=int, default=[1], help="default: %(default)s")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: %(default)s")
     parser.add_argument("--images", type=int, default=64, help="test images recorded per student (default %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--result", type=Path, default=RESULT, help="JSON to write (default %(default)s)")
     args = parser.parse_args(argv)
-    if args.images < 1 or any(g < 1 for g in args.gate_groups):
-        parser.error("--images and every --gate-groups value must be >= 1")
+    if args.images < 1 or any(g < 1 for g in [*args.gate_groups, *args.gate_blocks]):
+        parser.error("--images and every --gate-groups / --gate-blocks value must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = study(args.out, args.gate_groups, args.seeds, args.images)
+        result = study(args.out, args.gate_groups, args.seeds, args.images, gate_blocks=args.gate_blocks)
     except ValueError as exc:
         print(f"gate_group_study: {exc}", file=sys.stderr)
         return 2

@@ -147,16 +147,22 @@ def beacon_case(
     base_fraction: float,
     base_layout: str,
     gate_group: int,
+    gate_block: int = 1,
     dtype: torch.dtype,
     seed: int,
 ) -> BeaconCase:
     """Inputs on ``mask``'s device for which the gate of ``shape`` decides ``mask`` in every group.
 
-    ``mask`` is bool ``[N, OH, OW]`` at the shape's output resolution.
+    ``mask`` is bool ``[N, OH, OW]`` at the shape's output resolution. With
+    ``gate_block > 1`` it is first made block-constant (a block is on when at
+    least half its pixels are); every pixel's gate statistic then has its
+    block's sign, so the block means decide that mask.
     """
     n, oh, ow = mask.shape
     if (oh, ow) != (shape.out_height, shape.out_width):
         raise ValueError(f"{shape.name}: mask is {oh}x{ow}, output is {shape.out_height}x{shape.out_width}")
+    if gate_block > 1:
+        mask = partition.block_mean(mask[:, None].float(), gate_block)[:, 0] >= 0.5
     device = mask.device
     gen = torch.Generator(device=device).manual_seed(seed)
     c_out, c_in, k = shape.out_channels, shape.in_channels, shape.kernel

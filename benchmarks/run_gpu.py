@@ -15,7 +15,7 @@ their epilogue (residual and ReLU off), weights are packed once
 (``kernels.pack_weight``). The cuDNN baseline is ``F.conv2d`` on the same
 channels_last bfloat16 tensors, without bias or epilogue (so it does strictly
 less work), with ``cudnn.benchmark`` autotuning on. The gate is
-``base_fraction=0.25``, ``base_layout="first"``, ``gate_group=16`` unless told
+``base_fraction=0.25``, ``base_layout="first"``, ``gate_group=16``, ``gate_block=1`` unless told
 otherwise. The gated kernel computes its decisions itself: its inputs are
 built (:func:`benchmarks.masks.beacon_case`) so that they equal a spatially
 coherent mask of the target density (:func:`benchmarks.masks.blob_mask`); the
@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-fraction", type=float, default=full.base_fraction, help="default: %(default)s")
     parser.add_argument("--base-layout", choices=BASE_LAYOUTS, default=full.base_layout, help="default: %(default)s")
     parser.add_argument("--gate-group", type=int, default=full.gate_group, help="default: %(default)s")
+    parser.add_argument("--gate-block", type=int, default=full.gate_block, help="default: %(default)s")
     parser.add_argument(
         "--decisions", nargs="+", type=Path, default=[], metavar="FILE",
         help="also count (and, on CUDA, time) these recorded real decisions (python -m benchmarks.record_decisions)",
@@ -154,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 def sweep_from_args(args: argparse.Namespace) -> Sweep:
     """The :class:`~benchmarks.sweep.Sweep` of parsed flags; ``--quick`` picks the preset for unset ones.
 
-    The three gate flags become one :class:`kernels.GateSpec` (validated there), passed on as the sweep's settings.
+    The gate flags become one :class:`kernels.GateSpec` (validated there), passed on as the sweep's settings.
     """
-    gate = GateSpec(args.base_fraction, args.base_layout, args.gate_group)
+    gate = GateSpec(args.base_fraction, args.base_layout, args.gate_group, args.gate_block)
     return Sweep.preset(
         args.quick,
         models=args.models,

@@ -67,9 +67,12 @@ class Sweep:
         seed: seed of every mask and input of the run.
         base_fraction: fraction of input channels in the gate's partial sum.
         base_layout: ``"first"`` or ``"grouped"`` base channels.
-        gate_group: output channels sharing one decision. These three are
-            flat here so the JSON and the command line keep their names;
-            ``spec`` is the :class:`kernels.GateSpec` that validates them.
+        gate_group: output channels sharing one decision.
+        gate_block: side of the pixel block sharing one decision (the
+            masks are made block-constant, see :func:`benchmarks.masks.beacon_case`).
+            The gate settings are flat here so the JSON and the command line
+            keep their names; ``spec`` is the :class:`kernels.GateSpec` that
+            validates them.
 
     Raises:
         ValueError: a value out of its range; the message names the field
@@ -87,6 +90,7 @@ class Sweep:
     base_fraction: float = GateSpec.base_fraction
     base_layout: str = GateSpec.base_layout
     gate_group: int = GateSpec.gate_group
+    gate_block: int = GateSpec.gate_block
 
     def __post_init__(self) -> None:
         for name in ("models", "batches", "densities"):

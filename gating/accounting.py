@@ -359,6 +359,7 @@ def _kernel_conditional_macs(module: ChannelGatedConv2d, decisions: torch.Tensor
     counters = gated_kernel_counters(
         decisions, module.in_channels, module.out_channels, module.kernel_size,
         base_fraction=module.base_fraction, base_layout=module.base_layout, gate_group=module.gate_group,
+        gate_block=module.gate_block,
     )  # fmt: skip
     return int(counters[COUNTER_FIELDS.index("conditional_macs")])
 

@@ -23,7 +23,11 @@ class GateConfig:
             or ``"grouped"`` (block diagonal, ``p`` chunks).
         gate_group: output channels that share one decision per pixel
             (1 = the paper; 16 = default, matches tensor-core tiles).
-            These three are validated by, and read together as, ``spec``
+        gate_block: side of the square block of output pixels that shares one
+            decision per gate group, taken on the block's mean gate statistic
+            (1 = default, one decision per pixel; edge blocks are cut by the
+            map's border, a block larger than a map covers all of it).
+            These four are validated by, and read together as, ``spec``
             (:class:`kernels.GateSpec`); their errors name ``GateConfig.<field>``.
         alpha: slope of the straight-through sigmoid surrogate.
         sparse_bp: zero the surrogate gradient where the gate is off.
@@ -45,6 +49,7 @@ class GateConfig:
     base_fraction: float = GateSpec.base_fraction
     base_layout: str = GateSpec.base_layout
     gate_group: int = GateSpec.gate_group
+    gate_block: int = GateSpec.gate_block
     alpha: float = 2.0
     sparse_bp: bool = False
     threshold_init: float = 0.0
@@ -75,7 +80,7 @@ class GateConfig:
 
     @property
     def spec(self) -> GateSpec:
-        """The :class:`kernels.GateSpec` of ``base_fraction``, ``base_layout`` and ``gate_group``."""
+        """The :class:`kernels.GateSpec` of ``base_fraction``, ``base_layout``, ``gate_group`` and ``gate_block``."""
         return GateSpec.read(self)
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,6 +63,8 @@ class DemoConfig:
     Gates and budget:
         target_flops: executed/dense MAC ratio the student ends at (0, 1].
         gate_group: output channels sharing one gate decision.
+        gate_block: side of the pixel block sharing one gate decision
+            (``GateConfig.gate_block``; 1 = per pixel).
         budget_weight: weight of the budget loss.
         calibration_images: training images the gates are calibrated on.
 
@@ -106,6 +108,7 @@ class DemoConfig:
     progress: bool = True
     target_flops: float = 0.39
     gate_group: int = GateSpec.gate_group
+    gate_block: int = GateSpec.gate_block
     budget_weight: float = 50.0
     calibration_images: int = 512
     student_batch_size: int = 64
@@ -143,7 +146,7 @@ class DemoConfig:
     def gate_config(self) -> GateConfig:
         """The student's gate configuration."""
         return GateConfig(target_flops_ratio=self.target_flops, gate_group=self.gate_group,
-                          budget_weight=self.budget_weight)
+                          gate_block=self.gate_block, budget_weight=self.budget_weight)
 
     def teacher_config(self) -> TrainConfig:
         """The dense teacher's training run (not evaluated: :func:`run_demo` measures it)."""

@@ -7,17 +7,19 @@ base mask ``B[C_out, C_in]`` of ``kernels.partition``::
     Yr = conv(x, W*(1-B))              # conditional path
     s  = BN_gate(Yp)                   # non-affine BatchNorm2d, decision only
     z  = mean_{c in group j}(s_c - Δ_c)            # per (n, group j, h, w)
-    d  = 1[z > 0]                      # hard step forward
+    zb = block_mean(z, gate_block)     # mean over the pixel's gate block (gate_block = 1: zb = z)
+    d  = 1[zb > 0]                     # hard step forward
     Y  = Yp + d * Yr
 
 Backward through ``d`` is straight-through with the slope of
-``sigmoid(alpha * z)``; with ``sparse_bp`` that surrogate gradient is zeroed
+``sigmoid(alpha * zb)``; with ``sparse_bp`` that surrogate gradient is zeroed
 where ``d = 0``. The decisions of the last forward are kept in
-``last_decisions`` (bool ``[N, G, OH, OW]``, ``G = ceil(C_out / gate_group)``)
-and are what accounting, tests and kernels read (``docs/design.md#decisions-layout``).
+``last_decisions`` (bool ``[N, G, OH, OW]``, ``G = ceil(C_out / gate_group)``,
+per pixel, constant over each gate block) and are what accounting, tests and
+kernels read (``docs/design.md#decisions-layout``).
 
 At inference the gate folds into a per-channel affine of the raw partial sum
-(``folded_gate``): ``d = 1[sum_{c in j}(a_c * Yp_c + b_c) > 0]`` with
+(``folded_gate``): ``d = 1[block_mean(sum_{c in j}(a_c * Yp_c + b_c)) > 0]`` with
 ``a_c = 1/sigma_c`` and ``b_c = -mu_c/sigma_c - Δ_c`` (running statistics of
 ``BN_gate``); for ``gate_group = 1`` this is ``Yp > mu + sigma*Δ``.
 
@@ -45,6 +47,7 @@ from kernels import GateSpec, as_pair, conv_output_size
 from kernels.partition import (
     base_channels,
     base_mask,
+    block_mean,
     gate_group_count,
     group_sizes,
     group_sum,
@@ -60,10 +63,10 @@ class ChannelGatedConv2d(nn.Module):
             bias: as ``nn.Conv2d`` (ints or ``(h, w)`` pairs of ints: kernel_size,
             stride and dilation >= 1, padding >= 0; zero padding only).
         spec: the gate settings (:class:`kernels.GateSpec`); default ``GateSpec()``.
-        base_fraction, base_layout, gate_group: the same settings one by one
-            (unset ones keep ``GateSpec``'s defaults); giving any of them
-            together with ``spec`` is a ``ValueError``. After construction all
-            three are read-only properties reading ``spec``.
+        base_fraction, base_layout, gate_group, gate_block: the same settings
+            one by one (unset ones keep ``GateSpec``'s defaults); giving any of
+            them together with ``spec`` is a ``ValueError``. After construction
+            all four are read-only properties reading ``spec``.
         alpha: slope of the sigmoid surrogate for the straight-through gradient.
         sparse_bp: zero the surrogate gradient where the gate is off.
         threshold_init: initial value of the learned thresholds ``Δ``.
@@ -86,6 +89,7 @@ class ChannelGatedConv2d(nn.Module):
         base_fraction: float | None = None,
         base_layout: str | None = None,
         gate_group: int | None = None,
+        gate_block: int | None = None,
         alpha: float = 2.0,
         sparse_bp: bool = False,
         threshold_init: float = 0.0,
@@ -100,7 +104,9 @@ class ChannelGatedConv2d(nn.Module):
         self.stride = as_pair(stride, "stride", 1)
         self.padding = as_pair(padding, "padding", 0)
         self.dilation = as_pair(dilation, "dilation", 1)
-        self.spec = _gate_spec(spec, base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group)
+        self.spec = _gate_spec(
+            spec, base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, gate_block=gate_block
+        )
         self.spec.check(self.out_channels, self.in_channels)
         self.alpha = float(alpha)
         self.sparse_bp = bool(sparse_bp)
@@ -152,6 +158,11 @@ class ChannelGatedConv2d(nn.Module):
     def gate_group(self) -> int:
         """``spec.gate_group``: output channels sharing one decision per pixel (read-only)."""
         return self.spec.gate_group
+
+    @property
+    def gate_block(self) -> int:
+        """``spec.gate_block``: side of the pixel block sharing one decision per group (read-only)."""
+        return self.spec.gate_block
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **gate_kwargs: Any) -> "ChannelGatedConv2d":
@@ -208,10 +219,16 @@ class ChannelGatedConv2d(nn.Module):
         return self._conv(x, self.weight * mask, self.bias), self._conv(x, self.weight * (1 - mask), None)
 
     def gate_statistic(self, yp: torch.Tensor) -> torch.Tensor:
-        """``z[n, j, h, w] = mean_{c in j}(BN_gate(Yp)_c - Δ_c)``, in float32 or wider."""
+        """What each decision thresholds at 0: ``block_mean(z, gate_block)`` ``[N, G, OH, OW]``, float32 or wider.
+
+        ``z[n, j, h, w] = mean_{c in j}(BN_gate(Yp)_c - Δ_c)``, averaged over
+        the pixel's gate block (``kernels.partition.block_mean``; ``z`` itself
+        for ``gate_block = 1``).
+        """
         dtype = torch.promote_types(yp.dtype, torch.float32)
         s = self.gate_bn(yp.to(dtype)) - self.threshold.to(dtype)[None, :, None, None]
-        return group_sum(s, self.gate_group) / self._group_size.to(dtype)[None, :, None, None]
+        z = group_sum(s, self.gate_group) / self._group_size.to(dtype)[None, :, None, None]
+        return block_mean(z, self.gate_block)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """``(OH, OW)`` for an ``H x W`` input (``kernels.conv_output_size``); ``ValueError`` if either is < 1."""

@@ -293,12 +293,27 @@ class GatedModel(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict) or "gate_config" not in state or "gated_names" not in state:
             raise ValueError("GatedModel state_dict: malformed extra state (not saved by GatedModel?)")
-        if state["gate_config"] != self.config.to_dict():
+        saved = _saved_gate_config(state["gate_config"])
+        if saved != self.config.to_dict():
+            differing = sorted(key for key in saved.keys() | self.config.to_dict().keys()
+                               if saved.get(key) != self.config.to_dict().get(key))
             raise ValueError(
-                f"GatedModel state_dict was saved with gate config {state['gate_config']}, "
-                f"this model uses {self.config.to_dict()}"
+                f"GatedModel state_dict was saved with gate config {saved}, this model uses "
+                f"{self.config.to_dict()} (differing: {', '.join(differing)})"
             )
         if list(state["gated_names"]) != list(self.gated_names):
             raise ValueError(
                 f"GatedModel state_dict gates layers {state['gated_names']}, this model gates {self.gated_names}"
             )
+
+
+def _saved_gate_config(saved: Any) -> dict[str, Any]:
+    """A saved gate config in today's ``GateConfig.to_dict()`` form.
+
+    Settings added after the checkpoint was written take their defaults, which
+    are what such a model ran with (a checkpoint from before ``gate_block``
+    existed holds a ``gate_block = 1`` model). ``ValueError`` for a non-dict.
+    """
+    if not isinstance(saved, dict):
+        raise ValueError(f"GatedModel state_dict: malformed gate config {saved!r} (expected a dict)")
+    return {**GateConfig().to_dict(), **saved}

@@ -9,9 +9,10 @@
 * :mod:`kernels.library`: the op registrations (reference on CPU, Triton on
   CUDA, fake implementations, FLOP formulas; ``docs/design.md#registered-ops``).
 * :mod:`kernels.reference`: the PyTorch spec of both, on any device and dtype.
-* :class:`GateSpec`: the three gate settings (``base_fraction``, ``base_layout``,
-  ``gate_group``), defined and validated once (:mod:`kernels.spec`);
-* :mod:`kernels.partition`: base layouts and gate groups (shared with ``gating``);
+* :class:`GateSpec`: the gate settings (``base_fraction``, ``base_layout``,
+  ``gate_group``, ``gate_block``), defined and validated once (:mod:`kernels.spec`);
+* :mod:`kernels.partition`: base layouts, gate groups and gate blocks
+  (:func:`block_mean`; shared with ``gating``);
   :mod:`kernels.work`: the gated MAC rule (shared with ``gating.accounting``);
   :mod:`kernels.gated_tiling`: the gated kernel's tiles and skipping rule, and
   :func:`gated_kernel_counters`, the work it will execute on given decisions
@@ -36,6 +37,7 @@ from .partition import (
     base_channels,
     base_mask,
     base_sizes,
+    block_mean,
     chunk_bounds,
     chunk_count,
     expand_groups,
@@ -91,6 +93,7 @@ __all__ = [
     "base_channels",
     "base_mask",
     "base_sizes",
+    "block_mean",
     "chunk_bounds",
     "chunk_count",
     "expand_groups",

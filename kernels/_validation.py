@@ -246,6 +246,7 @@ def validate_gated(
     base_fraction: float,
     base_layout: str,
     gate_group: int,
+    gate_block: int,
     decisions: torch.Tensor | None,
     **conv_args: object,
 ) -> ConvGeometry:
@@ -253,7 +254,8 @@ def validate_gated(
 
     Adds: gate_scale/gate_shift must be floating ``[C_out]`` on x's device;
     the partition checks of :func:`partition.check_partition` (base_layout,
-    base_fraction) and :func:`partition.gate_group_count` (gate_group);
+    base_fraction), :func:`partition.gate_group_count` (gate_group) and
+    :func:`partition.check_gate_block` (gate_block);
     decisions ``None`` or bool ``[N, G, OH, OW]`` on x's device (``TypeError``
     for another dtype, ``ValueError`` for another shape or device).
     """
@@ -261,5 +263,6 @@ def validate_gated(
     check_channel_vector(check_tensor(gate_scale, "gate_scale"), "gate_scale", x, geom.out_channels)
     check_channel_vector(check_tensor(gate_shift, "gate_shift"), "gate_shift", x, geom.out_channels)
     partition.check_partition(geom.out_channels, geom.in_channels, base_fraction, base_layout)
+    partition.check_gate_block(gate_block)
     _check_decisions(decisions, x, geom.gate_shape(gate_group))
     return geom

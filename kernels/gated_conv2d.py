@@ -59,7 +59,7 @@ from .spec import GateSpec
 
 @triton.jit
 def _gated_conv2d_kernel(
-    x_ptr, w_ptr, y_ptr, yp_ptr, dec_ptr, gate_scale_ptr, gate_shift_ptr, base_lo_ptr, base_hi_ptr,
+    x_ptr, w_ptr, y_ptr, yp_ptr, dec_ptr, stat_ptr, gate_scale_ptr, gate_shift_ptr, base_lo_ptr, base_hi_ptr,
     scale_ptr, shift_ptr, res_ptr, stats_ptr,
     M, H, W, C_in, C_out, OH, OW, G, gate_group, uniform_lo, uniform_hi,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw, sdn, sdg, sdh, sdw, srn, src, srh, srw,
@@ -68,7 +68,7 @@ def _gated_conv2d_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_SLOT: tl.constexpr, GROUPS_PER_BLOCK: tl.constexpr, SUB_BLOCKS: tl.constexpr, SLOT_IS_GROUP: tl.constexpr,
     RANGE_ALIGN: tl.constexpr, BASE_PATH: tl.constexpr, COND_PATH: tl.constexpr,
-    HAS_DECISIONS: tl.constexpr, COUNT_STATS: tl.constexpr, COMPACT: tl.constexpr,
+    HAS_DECISIONS: tl.constexpr, DEFER_DECISIONS: tl.constexpr, COUNT_STATS: tl.constexpr, COMPACT: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -78,6 +78,10 @@ def _gated_conv2d_kernel(
     conditional loops; pass 2 stores the epilogue of the base sum for every
     pixel and, for the active (pixel, group) pairs, the float32 base sum into
     ``yp_ptr`` (``[M, C_out]``), which ``_gated_conditional_kernel`` completes.
+    With ``DEFER_DECISIONS`` (compacted only, for decisions over blocks of
+    pixels) pass 1 stores the float32 statistic ``sum(z)`` per (pixel, group)
+    into ``stat_ptr`` (laid out like the decisions) instead of a decision,
+    and pass 2 treats every pair as active; the launcher decides per block.
     Otherwise (the single-launch tiled schedule):
 
     The block's columns are ``SUB_BLOCKS`` sub-blocks of ``BLOCK_N`` (see
@@ -120,8 +124,12 @@ def _gated_conv2d_kernel(
             g_shift = tl.load(gate_shift_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)
             z = tl.where(ch_ok[None, :], y_base * g_scale[None, :] + g_shift[None, :], 0.0)
             z_sum += tl.sum(tl.reshape(z, (BLOCK_M, GROUPS_PER_BLOCK, GROUP_SLOT)), axis=2)
-        d = (z_sum > 0.0) & d_mask
-        tl.store(dec_ptr + d_offs, d.to(tl.uint8), mask=d_mask)
+        if DEFER_DECISIONS:
+            tl.store(stat_ptr + d_offs, z_sum, mask=d_mask)
+            d = d_mask
+        else:
+            d = (z_sum > 0.0) & d_mask
+            tl.store(dec_ptr + d_offs, d.to(tl.uint8), mask=d_mask)
     d_int = d.to(tl.int32)
     any_on = tl.max(d_int) > 0
     on = tl.reshape(tl.broadcast_to(d_int[:, :, None], (BLOCK_M, GROUPS_PER_BLOCK, GROUP_SLOT)), (BLOCK_M, BLOCK_N))
@@ -187,6 +195,7 @@ def gated_conv2d(
     base_fraction: float = GateSpec.base_fraction,
     base_layout: str = GateSpec.base_layout,
     gate_group: int = GateSpec.gate_group,
+    gate_block: int = GateSpec.gate_block,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
@@ -203,7 +212,7 @@ def gated_conv2d(
 
     Semantics: exactly :func:`kernels.reference.gated_conv2d_reference`
     (base mask from :func:`partition.base_mask`, ``z = Yp*gate_scale +
-    gate_shift``, decision ``group_sum(z) > 0`` per (pixel, gate group),
+    gate_shift``, decision ``block_mean(group_sum(z), gate_block) > 0`` per (pixel, gate group),
     ``out = relu((Yp + d*Yr)*scale + shift + residual)``), float32 accumulation.
     Runs on CUDA tensors (launched under x's device), or on CPU tensors under
     ``TRITON_INTERPRET=1``.
@@ -218,6 +227,12 @@ def gated_conv2d(
         base_fraction, base_layout: the base partition (``"first"`` or ``"grouped"``).
         gate_group: output channels per decision (any int >= 1; see
             :func:`gated_tiling` for how finely each size skips).
+        gate_block: side of the square pixel block sharing one decision per
+            group (:func:`partition.block_mean`); above 1 the first launch
+            stores each pixel's group statistic, the launcher averages it per
+            block and decides (a few small PyTorch ops on device, no host
+            sync), and the compacted launch skips the gated-off blocks' pixels.
+            Needs the compacted schedule.
         stride, padding, dilation, scale, shift, residual, relu, groups: as
             :func:`kernels.conv2d.conv2d`.
         decisions: optional bool ``[N, G, OH, OW]`` used instead of computing
@@ -250,10 +265,12 @@ def gated_conv2d(
     weight = weight_4d(weight)
     geom = validate_gated(
         x, weight, gate_scale, gate_shift,
-        base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, decisions=decisions,
-        stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual, groups=groups,
+        base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, gate_block=gate_block,
+        decisions=decisions, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift,
+        residual=residual, groups=groups,
     )  # fmt: skip
-    schedule = resolve_schedule(schedule, gate_group, geom.out_channels)
+    block = gate_block if decisions is None else 1  # given decisions are used as they are
+    schedule = resolve_schedule(schedule, gate_group, geom.out_channels, block)
     require_kernel_support(x)
     tiling = schedule_tiling(
         schedule, geom.pixels, geom.in_channels, geom.out_channels, geom.kernel, gate_group, base_fraction, base_layout
@@ -269,7 +286,7 @@ def gated_conv2d(
         geom, tiling, gate_group, channels_last(x), packed_data(weight), y, out_decisions.view(torch.uint8),
         contiguous_vector(gate_scale), contiguous_vector(gate_shift),
         base_intervals(geom.out_channels, geom.in_channels, base_fraction, base_layout, x.device),
-        contiguous_vector(scale), contiguous_vector(shift), residual, relu, decisions is not None,
+        contiguous_vector(scale), contiguous_vector(shift), residual, relu, decisions is not None, block,
         counters if count_work else None,
     )  # fmt: skip
     with device_guard(x):
@@ -306,17 +323,23 @@ class _GatedLaunch:
     residual: torch.Tensor | None
     relu: bool
     decisions_given: bool
+    gate_block: int  # > 1: the first launch stores statistics and the launcher decides per block
     counters: torch.Tensor | None  # counted into when not None
 
     def run(self) -> None:
         geom, tiling, y = self.geom, self.tiling.first, self.y
         num_gate_groups = partition.gate_group_count(geom.out_channels, self.gate_group)
-        base_sums = None
+        base_sums = statistic = None
         if isinstance(self.tiling, CompactTiling):
             base_sums = torch.empty(geom.pixels, geom.out_channels, dtype=torch.float32, device=y.device)
+        if self.gate_block > 1:
+            statistic = torch.empty_strided(
+                self.dec_bytes.shape, self.dec_bytes.stride(), dtype=torch.float32, device=y.device
+            )
         grid = (triton.cdiv(geom.pixels, tiling.block_m) * triton.cdiv(num_gate_groups, tiling.groups_per_block),)
         _gated_conv2d_kernel[grid](
-            self.x, self.w, y, optional_pointer(base_sums, y), self.dec_bytes, self.gate_scale, self.gate_shift,
+            self.x, self.w, y, optional_pointer(base_sums, y), self.dec_bytes, optional_pointer(statistic, y),
+            self.gate_scale, self.gate_shift,
             self.base.lo, self.base.hi, *self._epilogue_pointers(),
             geom.pixels, geom.height, geom.width, geom.in_channels, geom.out_channels,
             geom.out_height, geom.out_width, num_gate_groups, self.gate_group,
@@ -327,10 +350,13 @@ class _GatedLaunch:
             BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
             GROUP_SLOT=tiling.group_slot, GROUPS_PER_BLOCK=tiling.groups_per_block, SUB_BLOCKS=tiling.sub_blocks,
             SLOT_IS_GROUP=_slot_is_group(tiling, self.gate_group), RANGE_ALIGN=self.base.alignment, **self._paths(),
-            HAS_DECISIONS=self.decisions_given, COUNT_STATS=self.counters is not None, COMPACT=base_sums is not None,
+            HAS_DECISIONS=self.decisions_given, DEFER_DECISIONS=statistic is not None,
+            COUNT_STATS=self.counters is not None, COMPACT=base_sums is not None,
             **self._epilogue_flags(), num_warps=tiling.num_warps, num_stages=tiling.num_stages,
             **dot_options(self.x.dtype),
         )  # fmt: skip
+        if statistic is not None:
+            self.dec_bytes.copy_(partition.block_mean(statistic, self.gate_block) > 0)
         if base_sums is not None:
             self._run_conditional(base_sums, num_gate_groups)
 

@@ -312,13 +312,15 @@ def gated_kernel_counters(
     base_fraction: float = GateSpec.base_fraction,
     base_layout: str = GateSpec.base_layout,
     gate_group: int = GateSpec.gate_group,
+    gate_block: int = GateSpec.gate_block,
     decisions_given: bool = False,
     schedule: str = "auto",
 ) -> torch.Tensor:
     """The counters :func:`gated_conv2d` returns with ``count_work=True``, predicted in PyTorch from the decisions.
 
     Applies the kernel's own tiling and skipping rule for ``schedule`` (one of
-    :data:`SCHEDULES`; ``"auto"`` as :func:`resolve_schedule`) to bool ``decisions`` ``[N, G, OH, OW]``:
+    :data:`SCHEDULES`; ``"auto"`` as :func:`resolve_schedule`, with ``gate_block``
+    counting only when the kernel computes the decisions) to bool ``decisions`` ``[N, G, OH, OW]``:
 
     * ``"tiled"`` (:func:`gated_tiling`): one program per (tile of
       ``block_m`` flattened output pixels of the batch, block of
@@ -342,7 +344,7 @@ def gated_kernel_counters(
 
     Raises:
         ValueError: ``decisions`` is not bool ``[N, ceil(out_channels / gate_group), OH, OW]``,
-            or ``schedule`` is unknown.
+            or ``schedule`` is unknown or cannot run ``gate_block``.
     """
     groups = partition.gate_group_count(out_channels, gate_group)
     if decisions.dtype != torch.bool or decisions.dim() != 4 or decisions.shape[1] != groups:
@@ -350,7 +352,7 @@ def gated_kernel_counters(
             f"decisions must be bool [N, {groups}, OH, OW] for out_channels={out_channels}, "
             f"gate_group={gate_group}; got {decisions.dtype} {tuple(decisions.shape)}"
         )
-    schedule = resolve_schedule(schedule, gate_group, out_channels)
+    schedule = resolve_schedule(schedule, gate_group, out_channels, 1 if decisions_given else gate_block)
     n, _, oh, ow = decisions.shape
     pixels = n * oh * ow
     layer = (in_channels, out_channels, base_fraction, base_layout, gate_group)
@@ -387,22 +389,34 @@ def gated_kernel_counters(
     return counters.to(decisions.device)
 
 
-def resolve_schedule(schedule: str, gate_group: int, out_channels: int) -> str:
+def resolve_schedule(schedule: str, gate_group: int, out_channels: int, gate_block: int = 1) -> str:
     """``"compact"`` or ``"tiled"``: ``schedule`` itself, or what ``"auto"`` picks for the layer.
 
     ``"auto"`` compacts when a gate group fills at least 16 columns (the
     narrowest tensor-core tile), i.e. ``next_power_of_2(min(gate_group,
     C_out)) >= 16``; narrower groups would pad every compacted column to 16
-    channels, which the tiled schedule's 16-column programs do not. Raises
-    ``TypeError`` / ``ValueError`` naming ``schedule`` unless it is one of
-    :data:`SCHEDULES`.
+    channels, which the tiled schedule's 16-column programs do not. Decisions
+    over blocks of pixels (``gate_block > 1``, computed by the kernel) need
+    every base sum of a block before any conditional work, which only the
+    compacted schedule's two launches give: ``"auto"`` then compacts at any
+    group width. Raises ``TypeError`` / ``ValueError`` naming ``schedule``
+    unless it is one of :data:`SCHEDULES`, and ``ValueError`` for ``"tiled"``
+    with ``gate_block > 1``.
     """
     if not isinstance(schedule, str):
         raise TypeError(f"schedule must be a str, one of {SCHEDULES}; got {type(schedule).__name__}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    partition.check_gate_block(gate_block)
+    if schedule == "tiled" and gate_block > 1:
+        raise ValueError(
+            f"schedule='tiled' cannot decide over blocks of pixels (gate_block={gate_block}): a block's decision "
+            "needs all its base sums before any conditional work; use 'compact' or 'auto'"
+        )
     if schedule != "auto":
         return schedule
+    if gate_block > 1:
+        return "compact"
     return "compact" if next_power_of_2(min(gate_group, out_channels)) >= 16 else "tiled"
 
 

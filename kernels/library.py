@@ -6,7 +6,7 @@ Two ``torch.library.custom_op``s in the ``gating`` namespace, opaque to
     gating::conv2d(Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] dilation,
                    Tensor? scale, Tensor? shift, Tensor? residual, bool relu) -> Tensor
     gating::gated_conv2d(Tensor x, Tensor weight, Tensor gate_scale, Tensor gate_shift,
-                         float base_fraction, str base_layout, int gate_group,
+                         float base_fraction, str base_layout, int gate_group, int gate_block,
                          int[2] stride, int[2] padding, int[2] dilation,
                          Tensor? scale, Tensor? shift, Tensor? residual, bool relu,
                          Tensor? decisions, bool count_work) -> (Tensor, Tensor, Tensor)
@@ -76,7 +76,8 @@ CONV2D_SCHEMA = (
 )
 GATED_CONV2D_SCHEMA = (
     "(Tensor x, Tensor weight, Tensor gate_scale, Tensor gate_shift, "
-    "float base_fraction, str base_layout, int gate_group, int[2] stride, int[2] padding, int[2] dilation, "
+    "float base_fraction, str base_layout, int gate_group, int gate_block, "
+    "int[2] stride, int[2] padding, int[2] dilation, "
     "Tensor? scale, Tensor? shift, Tensor? residual, bool relu, Tensor? decisions, bool count_work) "
     "-> (Tensor, Tensor, Tensor)"
 )
@@ -121,15 +122,15 @@ def _conv2d_flops(
 @torch.library.custom_op("gating::gated_conv2d", mutates_args=(), schema=GATED_CONV2D_SCHEMA)
 def gated_conv2d_op(
     x: Tensor, weight: Tensor, gate_scale: Tensor, gate_shift: Tensor,
-    base_fraction: float, base_layout: str, gate_group: int,
+    base_fraction: float, base_layout: str, gate_group: int, gate_block: int,
     stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
     scale: OptTensor, shift: OptTensor, residual: OptTensor, relu: bool, decisions: OptTensor, count_work: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Default implementation of ``gating::gated_conv2d``: the reference, fresh decisions, exact counters."""
     out, computed = gated_conv2d_reference(
         x, weight, gate_scale, gate_shift, base_fraction=base_fraction, base_layout=base_layout,
-        gate_group=gate_group, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift,
-        residual=residual, relu=relu, decisions=decisions,
+        gate_group=gate_group, gate_block=gate_block, stride=stride, padding=padding, dilation=dilation,
+        scale=scale, shift=shift, residual=residual, relu=relu, decisions=decisions,
     )  # fmt: skip
     fresh = torch.empty(computed.shape, dtype=torch.bool, device=x.device, memory_format=torch.channels_last)
     fresh.copy_(computed)
@@ -143,13 +144,14 @@ def gated_conv2d_op(
 @gated_conv2d_op.register_fake
 def _gated_conv2d_fake(
     x: Tensor, weight: Tensor, gate_scale: Tensor, gate_shift: Tensor,
-    base_fraction: float, base_layout: str, gate_group: int,
+    base_fraction: float, base_layout: str, gate_group: int, gate_block: int,
     stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
     scale: OptTensor, shift: OptTensor, residual: OptTensor, relu: bool, decisions: OptTensor, count_work: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     geom = validate_gated(
         x, weight, gate_scale, gate_shift,
-        base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, decisions=decisions,
+        base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, gate_block=gate_block,
+        decisions=decisions,
         stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual,
     )  # fmt: skip
     counters = torch.empty(len(COUNTER_FIELDS) if count_work else 0, dtype=torch.int64, device=x.device)
@@ -164,7 +166,7 @@ def _readable(t: torch.Tensor) -> bool:
 @register_flop_formula(torch.ops.gating.gated_conv2d, get_raw=True)
 def _gated_conv2d_flops(
     x: Tensor, weight: Tensor, gate_scale: Tensor, gate_shift: Tensor,
-    base_fraction: float, base_layout: str, gate_group: int,
+    base_fraction: float, base_layout: str, gate_group: int, gate_block: int,
     stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
     scale: OptTensor, shift: OptTensor, residual: OptTensor, relu: bool, decisions: OptTensor, count_work: bool,
     *, out_val: tuple[Tensor, Tensor, Tensor],
@@ -196,15 +198,15 @@ if TRITON_AVAILABLE:
     @gated_conv2d_op.register_kernel("cuda")
     def _gated_conv2d_cuda(
         x: Tensor, weight: Tensor, gate_scale: Tensor, gate_shift: Tensor,
-        base_fraction: float, base_layout: str, gate_group: int,
+        base_fraction: float, base_layout: str, gate_group: int, gate_block: int,
         stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
         scale: OptTensor, shift: OptTensor, residual: OptTensor, relu: bool, decisions: OptTensor,
         count_work: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
         return gated_conv2d_triton(
             x, weight, gate_scale, gate_shift, base_fraction=base_fraction, base_layout=base_layout,
-            gate_group=gate_group, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift,
-            residual=residual, relu=relu, decisions=decisions, count_work=count_work,
+            gate_group=gate_group, gate_block=gate_block, stride=stride, padding=padding, dilation=dilation,
+            scale=scale, shift=shift, residual=residual, relu=relu, decisions=decisions, count_work=count_work,
         )  # fmt: skip
 
 
@@ -266,6 +268,7 @@ def gated_conv2d(
     base_fraction: float = GateSpec.base_fraction,
     base_layout: str = GateSpec.base_layout,
     gate_group: int = GateSpec.gate_group,
+    gate_block: int = GateSpec.gate_block,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
@@ -289,6 +292,10 @@ def gated_conv2d(
             affine of the base partial sum: ``d = group_sum(Yp*gate_scale + gate_shift) > 0``.
         base_fraction, base_layout: the base partition (``"first"`` or ``"grouped"``).
         gate_group: output channels per decision (int >= 1).
+        gate_block: side of the square block of output pixels sharing one
+            decision per gate group (int >= 1; :class:`GateSpec`): the decision
+            is ``block_mean(group_sum(Yp*gate_scale + gate_shift)) > 0``
+            (:func:`kernels.partition.block_mean`), stored per pixel.
         return_stats: also return a :class:`GatedConvStats` (work counted on device).
         decisions: optional bool ``[N, G, OH, OW]`` used instead of computing
             them; this same tensor is returned.
@@ -306,11 +313,12 @@ def gated_conv2d(
     weight = weight_4d(weight)
     geom = validate_gated(
         x, weight, gate_scale, gate_shift,
-        base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, decisions=decisions,
+        base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, gate_block=gate_block,
+        decisions=decisions,
         stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual, groups=groups,
     )  # fmt: skip
     out, computed, counters = torch.ops.gating.gated_conv2d(
-        x, weight, gate_scale, gate_shift, float(base_fraction), base_layout, gate_group,
+        x, weight, gate_scale, gate_shift, float(base_fraction), base_layout, gate_group, gate_block,
         list(geom.stride), list(geom.padding), list(geom.dilation), scale, shift, residual, bool(relu),
         decisions, bool(return_stats),
     )  # fmt: skip

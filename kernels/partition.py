@@ -20,6 +20,12 @@ Base layouts (``base_fraction = 1/p``):
 
 Gate groups: output channels ``[j*g, min((j+1)*g, C_out))`` share decision
 ``j``; there are ``ceil(C_out / g)`` groups, the last one possibly smaller.
+
+Gate blocks: with ``gate_block = b > 1`` the output pixels are tiled into
+``b x b`` blocks from the top-left corner (edge blocks are cut off by the
+map's border, and a block larger than the map covers all of it); every pixel
+of a block takes the decision of the block's mean gate statistic
+(:func:`block_mean`). Decisions stay stored per pixel.
 """
 
 from __future__ import annotations
@@ -56,6 +62,14 @@ def check_gate_group(gate_group: int, name: str = "gate_group") -> None:
         raise TypeError(f"{name} must be an int, got {gate_group!r} ({type(gate_group).__name__})")
     if gate_group < 1:
         raise ValueError(f"{name} must be a positive int, got {gate_group!r}")
+
+
+def check_gate_block(gate_block: int, name: str = "gate_block") -> None:
+    """``TypeError`` unless ``gate_block`` is an int (bool excluded), ``ValueError`` unless it is >= 1."""
+    if isinstance(gate_block, bool) or not isinstance(gate_block, int):
+        raise TypeError(f"{name} must be an int, got {gate_block!r} ({type(gate_block).__name__})")
+    if gate_block < 1:
+        raise ValueError(f"{name} must be a positive int (1 = one decision per pixel), got {gate_block!r}")
 
 
 def base_channels(in_channels: int, base_fraction: float) -> int:
@@ -201,3 +215,23 @@ def group_sum(per_channel: torch.Tensor, gate_group: int) -> torch.Tensor:
     if pad:
         per_channel = torch.nn.functional.pad(per_channel, (0, 0, 0, 0, 0, pad))
     return per_channel.reshape(n, groups, gate_group, h, w).sum(dim=2)
+
+
+def block_mean(per_pixel: torch.Tensor, gate_block: int) -> torch.Tensor:
+    """Each pixel's ``gate_block x gate_block`` block mean of ``per_pixel`` ``[N, G, H, W]``, at pixel resolution.
+
+    Blocks tile the map from the top-left corner; an edge block averages only
+    the pixels inside the map, and a block larger than the map covers all of
+    it. Returns ``per_pixel`` itself for ``gate_block = 1``, else a fresh
+    ``[N, G, H, W]`` tensor in its dtype, constant over each block.
+    Differentiable: the gradient of a block's value spreads evenly over its
+    pixels.
+    """
+    check_gate_block(gate_block)
+    if gate_block == 1:
+        return per_pixel
+    height, width = per_pixel.shape[-2:]
+    # No padding, so every window's divisor is the number of its pixels inside the map.
+    pooled = torch.nn.functional.avg_pool2d(per_pixel, gate_block, gate_block, ceil_mode=True)
+    rows = pooled.repeat_interleave(gate_block, dim=-2)[..., :height, :]
+    return rows.repeat_interleave(gate_block, dim=-1)[..., :width]

@@ -92,6 +92,7 @@ def gated_conv2d_reference(
     base_fraction: float = GateSpec.base_fraction,
     base_layout: str = GateSpec.base_layout,
     gate_group: int = GateSpec.gate_group,
+    gate_block: int = GateSpec.gate_block,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
@@ -108,8 +109,9 @@ def gated_conv2d_reference(
     * ``B = partition.base_mask(C_out, C_in, base_fraction, base_layout)``
     * ``Yp = conv(x, W*B)``, ``Yr = conv(x, W*(1-B))``
     * ``z = Yp*gate_scale + gate_shift`` (per output channel)
-    * ``decisions = partition.group_sum(z, gate_group) > 0``: bool ``[N, G, OH, OW]``,
-      ``G = ceil(C_out / gate_group)``; a given ``decisions`` replaces this step
+    * ``decisions = partition.block_mean(partition.group_sum(z, gate_group), gate_block) > 0``:
+      bool ``[N, G, OH, OW]``, ``G = ceil(C_out / gate_group)``, constant over
+      each ``gate_block x gate_block`` block; a given ``decisions`` replaces this step
       (``gate_scale``/``gate_shift`` are then only validated)
     * ``out = relu((Yp + expand_groups(decisions)*Yr)*scale + shift + residual)``
 
@@ -122,8 +124,8 @@ def gated_conv2d_reference(
     weight = weight_4d(weight)
     geom = validate_gated(
         x, weight, gate_scale, gate_shift,
-        base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, decisions=decisions,
-        stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual, groups=groups,
+        base_fraction=base_fraction, base_layout=base_layout, gate_group=gate_group, gate_block=gate_block,
+        decisions=decisions, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift, residual=residual, groups=groups,
     )  # fmt: skip
     w = weight
     base = partition.base_mask(geom.out_channels, geom.in_channels, base_fraction, base_layout, x.device)
@@ -133,7 +135,7 @@ def gated_conv2d_reference(
     y_cond = _conv(x, w * (1 - base), geom).to(acc)
     if decisions is None:
         z = y_base * _per_channel(gate_scale, acc) + _per_channel(gate_shift, acc)
-        decisions = partition.group_sum(z, gate_group) > 0
+        decisions = partition.block_mean(partition.group_sum(z, gate_group), gate_block) > 0
     on = partition.expand_groups(decisions, geom.out_channels, gate_group).to(acc)
     out = _epilogue(y_base + on * y_cond, x.dtype, scale, shift, residual, relu)
     return (out, decisions, None) if return_stats else (out, decisions)

@@ -1,13 +1,14 @@
-"""``GateSpec``: the one definition of the three gate settings the kernels and the modules must agree on.
+"""``GateSpec``: the one definition of the gate settings the kernels and the modules must agree on.
 
-``base_fraction``, ``base_layout`` and ``gate_group`` decide which input
-channels form each output channel's base partial sum and which output
-channels share one decision (``docs/design.md#partial-sum-gate``). They are
+``base_fraction``, ``base_layout``, ``gate_group`` and ``gate_block`` decide
+which input channels form each output channel's base partial sum, which
+output channels share one decision and over how large a block of pixels
+(``docs/design.md#partial-sum-gate``). They are
 defined, defaulted and validated here once; ``gating.GateConfig``, the gate
 module, the folded inference form and the benchmark sweep hold or build a
 ``GateSpec`` instead of checking the fields themselves. The rules are the
 checks of :mod:`kernels.partition`; this module only names the fields. The
-registered op keeps taking the three plain values (its schema holds only
+registered op keeps taking the plain values (its schema holds only
 tensors, numbers, strings and lists): :meth:`GateSpec.to_dict` expands a spec
 at that boundary.
 """
@@ -17,18 +18,26 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .partition import check_fraction, check_gate_group, check_layout, check_partition, chunk_count
+from .partition import (
+    check_fraction,
+    check_gate_block,
+    check_gate_group,
+    check_layout,
+    check_partition,
+    chunk_count,
+)
 
 __all__ = ["GateSpec"]
 
 
-def _check_settings(owner: str, base_fraction: Any, base_layout: Any, gate_group: Any) -> None:
-    """The partition checks of the three settings, each message naming ``<owner>.<field>``."""
+def _check_settings(owner: str, base_fraction: Any, base_layout: Any, gate_group: Any, gate_block: Any) -> None:
+    """The partition checks of the settings, each message naming ``<owner>.<field>``."""
     check_fraction(base_fraction, f"{owner}.base_fraction")
     check_layout(base_layout, f"{owner}.base_layout")
     if base_layout == "grouped":
         chunk_count(base_fraction, f"{owner}.base_fraction")
     check_gate_group(gate_group, f"{owner}.gate_group")
+    check_gate_block(gate_block, f"{owner}.gate_block")
 
 
 @dataclass(frozen=True)
@@ -45,10 +54,17 @@ class GateSpec:
         gate_group: output channels that share one decision per pixel, an int
             >= 1 (bool refused; default 16). A conv with ``C_out`` outputs has
             ``ceil(C_out / gate_group)`` decisions per pixel.
+        gate_block: side in output pixels of the square block that shares
+            one decision per gate group, an int >= 1 (bool refused; default
+            1 = one decision per pixel). Blocks tile the map from its top-left
+            corner; edge blocks are cut by the border, and a block larger than
+            the map covers all of it (the same as clamping ``gate_block`` to
+            the map). Decisions stay stored per pixel, constant over a block
+            (:func:`kernels.partition.block_mean`).
 
     Raises (``docs/design.md#exception-policy``): ``TypeError`` for a
     wrongly typed field (a non-number or bool ``base_fraction``, a non-str
-    ``base_layout``, a non-int or bool ``gate_group``), ``ValueError`` for a
+    ``base_layout``, a non-int or bool ``gate_group`` or ``gate_block``), ``ValueError`` for a
     wrong value; the message names ``GateSpec.<field>``. Whether the spec fits
     a given conv's channel counts is :meth:`check`.
     """
@@ -56,14 +72,15 @@ class GateSpec:
     base_fraction: float = 0.25
     base_layout: str = "first"
     gate_group: int = 16
+    gate_block: int = 1
 
     def __post_init__(self) -> None:
-        _check_settings(type(self).__name__, self.base_fraction, self.base_layout, self.gate_group)
+        _check_settings(type(self).__name__, self.base_fraction, self.base_layout, self.gate_group, self.gate_block)
         object.__setattr__(self, "base_fraction", float(self.base_fraction))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
-        """The field names, in order: ``("base_fraction", "base_layout", "gate_group")``."""
+        """The field names, in order: ``("base_fraction", "base_layout", "gate_group", "gate_block")``."""
         return tuple(f.name for f in fields(cls))
 
     @classmethod
@@ -83,7 +100,7 @@ class GateSpec:
 
     @classmethod
     def read(cls, holder: object) -> GateSpec:
-        """The spec of an object with ``base_fraction``, ``base_layout`` and ``gate_group`` attributes.
+        """The spec of an object with ``base_fraction``, ``base_layout``, ``gate_group`` and ``gate_block`` attributes.
 
         Errors name ``<type of holder>.<field>`` (see :meth:`of`).
         """
@@ -98,5 +115,8 @@ class GateSpec:
         check_partition(out_channels, in_channels, self.base_fraction, self.base_layout)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"base_fraction": float, "base_layout": str, "gate_group": int}``: JSON values and keyword arguments."""
-        return {"base_fraction": self.base_fraction, "base_layout": self.base_layout, "gate_group": self.gate_group}
+        """``{"base_fraction": float, "base_layout": str, "gate_group": int, "gate_block": int}``.
+
+        JSON values, and the keyword arguments of the kernels and the registered op.
+        """
+        return {name: getattr(self, name) for name in self.names()}

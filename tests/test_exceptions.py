@@ -37,6 +37,7 @@ def valid_spec() -> dict[str, object]:
         "base_fraction": 0.25,
         "base_layout": "first",
         "gate_group": 8,
+        "gate_block": 1,
         "groups": 1,
     }
 
@@ -72,6 +73,9 @@ CASES = {
     "gate_group-zero": Case({"gate_group": 0}, ValueError),
     "gate_group-bool": Case({"gate_group": True}, TypeError, through_schema=False),
     "gate_group-float": Case({"gate_group": 2.5}, TypeError, through_schema=False),
+    "gate_block-zero": Case({"gate_block": 0}, ValueError),
+    "gate_block-bool": Case({"gate_block": True}, TypeError, through_schema=False),
+    "gate_block-float": Case({"gate_block": 2.0}, TypeError, through_schema=False),
     "groups-2": Case({"groups": 2}, NotImplementedError, through_schema=False),
 }
 
@@ -85,7 +89,7 @@ def bad_spec(case: Case) -> dict[str, object]:
 def run_module(spec: dict[str, object]) -> object:
     """Build the gate module from the spec and run it on ``spec["x"]``."""
     geometry = {k: spec[k] for k in ("stride", "padding", "dilation")}
-    gate = {k: spec[k] for k in ("base_fraction", "base_layout", "gate_group")}
+    gate = {k: spec[k] for k in ("base_fraction", "base_layout", "gate_group", "gate_block")}
     if spec["groups"] != 1:
         conv = nn.Conv2d(IN, OUT, spec["kernel_size"], groups=spec["groups"], **geometry)
         layer = ChannelGatedConv2d.from_conv(conv, **gate)
@@ -97,7 +101,7 @@ def run_module(spec: dict[str, object]) -> object:
 def _kernel_args(spec: dict[str, object]) -> tuple[tuple, dict[str, object]]:
     weight = torch.randn(OUT, IN, spec["kernel_size"], spec["kernel_size"])
     args = (spec["x"], weight, torch.ones(OUT), torch.zeros(OUT))
-    keys = ("stride", "padding", "dilation", "base_fraction", "base_layout", "gate_group", "groups")
+    keys = ("stride", "padding", "dilation", "base_fraction", "base_layout", "gate_group", "gate_block", "groups")
     return args, {k: spec[k] for k in keys}
 
 
@@ -120,8 +124,8 @@ def run_op(spec: dict[str, object]) -> object:
     (x, weight, gate_scale, gate_shift), kw = _kernel_args(spec)
     geometry = [_as_list(kw[k]) for k in ("stride", "padding", "dilation")]
     return torch.ops.gating.gated_conv2d(
-        x, weight, gate_scale, gate_shift, kw["base_fraction"], kw["base_layout"], kw["gate_group"], *geometry,
-        None, None, None, False, None, False,
+        x, weight, gate_scale, gate_shift, kw["base_fraction"], kw["base_layout"], kw["gate_group"],
+        kw["gate_block"], *geometry, None, None, None, False, None, False,
     )  # fmt: skip
 
 

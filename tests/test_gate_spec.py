@@ -1,4 +1,4 @@
-"""``kernels.GateSpec``: the one definition of ``base_fraction``, ``base_layout`` and ``gate_group``.
+"""``kernels.GateSpec``: the one definition of ``base_fraction``, ``base_layout``, ``gate_group`` and ``gate_block``.
 
 Validation (``docs/design.md#exception-policy``: ``TypeError`` for a wrong
 type, ``ValueError`` for a wrong value, the message naming the field), and
@@ -30,6 +30,10 @@ BAD_SETTINGS = {
     "group-bool": ({"gate_group": True}, TypeError, "gate_group"),
     "group-float": ({"gate_group": 2.0}, TypeError, "gate_group"),
     "group-str": ({"gate_group": "4"}, TypeError, "gate_group"),
+    "block-zero": ({"gate_block": 0}, ValueError, "gate_block"),
+    "block-negative": ({"gate_block": -2}, ValueError, "gate_block"),
+    "block-bool": ({"gate_block": True}, TypeError, "gate_block"),
+    "block-float": ({"gate_block": 2.0}, TypeError, "gate_block"),
 }
 
 
@@ -46,7 +50,7 @@ def test_bad_settings_raise_the_policy_type_naming_the_field(name: str) -> None:
 
 def test_defaults_dict_and_immutability() -> None:
     spec = GateSpec()
-    assert spec.to_dict() == {"base_fraction": 0.25, "base_layout": "first", "gate_group": 16}
+    assert spec.to_dict() == {"base_fraction": 0.25, "base_layout": "first", "gate_group": 16, "gate_block": 1}
     assert GateSpec.names() == tuple(spec.to_dict())
     assert GateSpec(**spec.to_dict()) == spec and hash(GateSpec(0.25)) == hash(spec)
     one = GateSpec(1, "grouped", 1)
@@ -84,11 +88,14 @@ def _layer_pair(spec: GateSpec) -> tuple[ChannelGatedConv2d, ChannelGatedConv2d]
     return by_keywords, by_spec
 
 
-@pytest.mark.parametrize("spec", [GateSpec(0.5, "grouped", 4), GateSpec(0.25, "first", 3)], ids=str)
+@pytest.mark.parametrize(
+    "spec", [GateSpec(0.5, "grouped", 4), GateSpec(0.25, "first", 3), GateSpec(0.25, "first", 8, 2)], ids=str
+)
 def test_layer_from_spec_behaves_as_from_keywords(spec: GateSpec) -> None:
     by_keywords, by_spec = _layer_pair(spec)
     assert by_keywords.spec == by_spec.spec == spec
-    assert (by_spec.base_fraction, by_spec.base_layout, by_spec.gate_group) == tuple(spec.to_dict().values())
+    settings = (by_spec.base_fraction, by_spec.base_layout, by_spec.gate_group, by_spec.gate_block)
+    assert settings == tuple(spec.to_dict().values())
     x = torch.randn(2, 8, 7, 7, generator=torch.Generator().manual_seed(1))
     for train in (True, False):
         by_keywords.train(train)
@@ -117,7 +124,7 @@ def test_spec_and_keywords_conflict() -> None:
 
 
 def test_model_fold_and_inference_carry_the_spec() -> None:
-    config = GateConfig(base_fraction=0.5, base_layout="grouped", gate_group=4)
+    config = GateConfig(base_fraction=0.5, base_layout="grouped", gate_group=4, gate_block=2)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1))
     (layer,) = GatedModel(net, config).gated_layers().values()
     assert layer.spec == config.spec

@@ -72,7 +72,10 @@ def clear_of_rounding(
     group_sum = kernels.group_sum(z, gate["gate_group"])
     size = min(gate["gate_group"], c_out)
     margin = size * (gate_scale.abs().max() * err + 4 * EPS32 * z.abs().max())
-    return group_sum > 0, group_sum.abs() > margin
+    # A block's mean is off by at most its pixels' largest error, plus the float32 rounding of the mean.
+    statistic = kernels.block_mean(group_sum, gate.get("gate_block", 1))
+    margin = margin + 4 * EPS32 * group_sum.abs().max()
+    return statistic > 0, statistic.abs() > margin
 
 
 def expected_stats(
@@ -223,7 +226,8 @@ def run_gated(
     truth, _ = reference(*map(as_float64, args), **gate, **{k: as_float64(v) for k, v in conv.items()}, decisions=got)
     at_dtype, _ = reference(*args, **gate, **conv, decisions=got)
     assert_matches(out, truth, at_dtype, math.prod(weight.shape[1:]))
-    resolved = kernels.resolve_schedule(schedule, gate["gate_group"], weight.shape[0])
+    block = gate.get("gate_block", 1) if decisions is None else 1
+    resolved = kernels.resolve_schedule(schedule, gate["gate_group"], weight.shape[0], block)
     count = expected_compact_stats if resolved == "compact" else expected_stats
     counters, expected = stats.to_dict(), count(got, stats, weight.shape, gate, decisions is not None)
     assert {name: counters[name] for name in expected} == expected
@@ -260,13 +264,15 @@ def make_case(
     return (x, weight, gate_scale, gate_shift), conv
 
 
-def _gate(gate_group: int, base_layout: str = "first", base_fraction: float = 0.25) -> dict:
-    return {"gate_group": gate_group, "base_layout": base_layout, "base_fraction": base_fraction}
+def _gate(gate_group: int, base_layout: str = "first", base_fraction: float = 0.25, gate_block: int = 1) -> dict:
+    return {"gate_group": gate_group, "base_layout": base_layout, "base_fraction": base_fraction,
+            "gate_block": gate_block}  # fmt: skip
 
 
 @st.composite
 def gated_cases(draw: st.DrawFn) -> dict[str, object]:
     geometry = draw_geometry(draw, 9)
+    gate_block = draw(st.sampled_from([1, 1, 2, 3, 4]))
     return {
         "batch": draw(st.integers(1, 3)),
         "c_in": draw(st.integers(4, 24)),
@@ -279,11 +285,13 @@ def gated_cases(draw: st.DrawFn) -> dict[str, object]:
             draw(st.sampled_from([1, 8, 16, 32, 64, 3, 12])),
             draw(st.sampled_from(["first", "grouped"])),
             draw(st.sampled_from([0.25, 0.5])),
+            gate_block,
         ),
         "shift": draw(st.floats(-1.0, 1.0)),
         "epilogue": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**16)),
-        "schedule": draw(st.sampled_from(["auto", "compact", "tiled"])),
+        # Decisions over pixel blocks run on the compacted schedule only.
+        "schedule": draw(st.sampled_from(["auto", "compact"] if gate_block > 1 else ["auto", "compact", "tiled"])),
     }
 
 
@@ -303,6 +311,9 @@ def _gcase(**overrides: object) -> dict[str, object]:
 @example(case=_gcase(gate=_gate(32, "grouped", 0.5), c_out=37, kernel=5, conv={"padding": 4, "dilation": 2}))
 @example(case=_gcase(gate=_gate(8, "grouped"), schedule="compact", c_in=12, conv={"stride": 2, "padding": 1}))
 @example(case=_gcase(c_in=16, c_out=32, batch=1, size=(3, 4), schedule="compact"))  # flat K, map under a tile
+@example(case=_gcase(gate=_gate(16, gate_block=2)))  # ragged edge blocks on the 7x9 map
+@example(case=_gcase(gate=_gate(8, "grouped", gate_block=4), dtype=torch.float32, conv={"stride": 2, "padding": 1}))
+@example(case=_gcase(gate=_gate(32, gate_block=4), size=(3, 2), batch=3, epilogue=False))  # block over the whole map
 def test_gated_conv2d_matches_reference(case: dict[str, object]) -> None:
     args, conv = make_case(
         case["batch"], case["c_in"], case["c_out"], case["kernel"], case["size"], case["dtype"], case["seed"],
@@ -560,16 +571,18 @@ def test_gated_kernel_compiles_for_hopper_with_tensor_cores(tmp_path: Path) -> N
     common = {"KH": 3, "KW": 3, "BLOCK_M": 64, "BLOCK_K": 32, "COUNT_STATS": True, "HAS_SCALE": True,
               "HAS_SHIFT": True, "HAS_RESIDUAL": True, "RELU": True, "UPCAST_DOT": False,
               "DOT_PRECISION": "tf32"}  # fmt: skip
-    tilings = [(16, 1, 16, 1, False, 1, False), (64, 64, 1, 1, False, 8, False), (128, 128, 1, 2, True, 8, False),
-               (64, 16, 4, 1, False, 8, True), (128, 128, 1, 2, True, 8, True)]  # fmt: skip
+    tilings = [(16, 1, 16, 1, False, 1, False, False), (64, 64, 1, 1, False, 8, False, False),
+               (128, 128, 1, 2, True, 8, False, False), (64, 16, 4, 1, False, 8, True, False),
+               (128, 128, 1, 2, True, 8, True, False), (64, 64, 1, 1, False, 8, True, True)]  # fmt: skip
     pointers = {name: "*bf16" for name in ("x_ptr", "w_ptr", "y_ptr", "res_ptr")}
     pointers |= {"dec_ptr": "*u8", "base_lo_ptr": "*i32", "base_hi_ptr": "*i32", "stats_ptr": "*i64"}
     variants = [
         (pointers, common | {"BLOCK_N": n, "GROUP_SLOT": slot, "GROUPS_PER_BLOCK": gpb, "SUB_BLOCKS": subs,
-                             "HAS_DECISIONS": given, "RANGE_ALIGN": align, "COMPACT": compact,
+                             "HAS_DECISIONS": given, "DEFER_DECISIONS": defer, "RANGE_ALIGN": align,
+                             "COMPACT": compact,
                              "BASE_PATH": 0 if align == 8 else 1, "COND_PATH": 0 if align == 8 else 2,
                              "SLOT_IS_GROUP": slot == 16})  # fmt: skip
-        for n, slot, gpb, subs, given, align, compact in tilings
+        for n, slot, gpb, subs, given, align, compact, defer in tilings
     ]
     compiled = compile_for_hopper("kernels.gated_conv2d", "_gated_conv2d_kernel", variants, tmp_path)
     assert compiled == [True] * len(variants)

@@ -60,8 +60,9 @@ def conv_op_args(geometry: dict, dtype: torch.dtype, device: str, epilogue: bool
 
 
 def gated_op_args(
-    geometry: dict, dtype: torch.dtype, device: str, layout: str, gate_group: int, given: bool, count: bool
-) -> tuple:
+    geometry: dict, dtype: torch.dtype, device: str, layout: str, gate_group: int, given: bool, count: bool,
+    gate_block: int = 1,
+) -> tuple:  # fmt: skip
     """Positional arguments of ``gating::gated_conv2d`` (decisions given when ``given``)."""
     x, w, stride, padding, dilation, scale, shift, residual, relu = conv_op_args(geometry, dtype, device, given)
     gen = torch.Generator().manual_seed(1)
@@ -73,7 +74,7 @@ def gated_op_args(
         shape = (x.shape[0], kernels.gate_group_count(c_out, gate_group), *residual.shape[2:])
         decisions = (torch.rand(shape, generator=gen) > 0.5).to(device)
     return (
-        x, w, gate_scale, gate_shift, 0.5, layout, gate_group, stride, padding, dilation,
+        x, w, gate_scale, gate_shift, 0.5, layout, gate_group, gate_block, stride, padding, dilation,
         scale, shift, residual, relu, decisions, count,
     )  # fmt: skip
 
@@ -90,13 +91,15 @@ def test_opcheck_conv2d(device: str, geometry: int) -> None:
 
 @pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize(
-    "geometry, layout, gate_group, given, count",
-    [(0, "first", 4, False, True), (0, "grouped", 8, True, True), (1, "grouped", 3, False, False),
-     (1, "first", 16, True, False)],
+    "geometry, layout, gate_group, given, count, gate_block",
+    [(0, "first", 4, False, True, 1), (0, "grouped", 8, True, True, 1), (1, "grouped", 3, False, False, 1),
+     (1, "first", 16, True, False, 1), (0, "first", 8, False, True, 2), (1, "grouped", 4, False, False, 3)],
 )  # fmt: skip
-def test_opcheck_gated_conv2d(device: str, geometry: int, layout: str, gate_group: int, given: bool, count: bool):
+def test_opcheck_gated_conv2d(
+    device: str, geometry: int, layout: str, gate_group: int, given: bool, count: bool, gate_block: int
+) -> None:
     for dtype in _dtypes(device):
-        args = gated_op_args(CONV_GEOMETRIES[geometry], dtype, device, layout, gate_group, given, count)
+        args = gated_op_args(CONV_GEOMETRIES[geometry], dtype, device, layout, gate_group, given, count, gate_block)
         torch.library.opcheck(kernels.gated_conv2d_op, args)
 
 
@@ -215,12 +218,13 @@ def test_gated_flops_of_fake_outputs_are_the_all_on_upper_bound() -> None:
 # ---------------------------------------------------------------- fake = real
 FAKE_BAD_CASES = {
     "c_in": lambda a: a.__setitem__(1, torch.randn(8, 5, 3, 3)),
-    "residual-shape": lambda a: a.__setitem__(12, torch.randn(2, 8, 5, 5)),
+    "residual-shape": lambda a: a.__setitem__(13, torch.randn(2, 8, 5, 5)),
     "gate_scale-shape": lambda a: a.__setitem__(2, torch.ones(7)),
-    "decisions-shape": lambda a: a.__setitem__(14, torch.zeros(2, 3, 6, 6, dtype=torch.bool)),
-    "decisions-dtype": lambda a: a.__setitem__(14, torch.zeros(2, 2, 6, 6)),
+    "decisions-shape": lambda a: a.__setitem__(15, torch.zeros(2, 3, 6, 6, dtype=torch.bool)),
+    "decisions-dtype": lambda a: a.__setitem__(15, torch.zeros(2, 2, 6, 6)),
     "x-int": lambda a: a.__setitem__(0, torch.ones(2, 4, 6, 6, dtype=torch.int32)),
     "gate_group": lambda a: a.__setitem__(6, 0),
+    "gate_block": lambda a: a.__setitem__(7, 0),
     "base_layout": lambda a: a.__setitem__(5, "diagonal"),
 }
 
@@ -234,7 +238,7 @@ def _error_of(call) -> tuple[type, str]:
 @pytest.mark.parametrize("case", FAKE_BAD_CASES)
 def test_fake_raises_what_the_real_op_raises(case: str) -> None:
     args = list(gated_op_args(CONV_GEOMETRIES[0], torch.float32, "cpu", "first", 4, True, False))
-    args[12] = torch.randn(2, 8, 6, 6)
+    args[13] = torch.randn(2, 8, 6, 6)
     FAKE_BAD_CASES[case](args)
     real = _error_of(lambda: torch.ops.gating.gated_conv2d(*args))
     with FakeTensorMode() as mode:
@@ -255,8 +259,8 @@ def test_dense_fake_raises_what_the_real_op_raises() -> None:
 # ------------------------------------------------------------------ wrappers
 def test_wrapper_returns_given_decisions_as_is_and_the_op_a_fresh_copy() -> None:
     args = gated_op_args(CONV_GEOMETRIES[0], torch.float32, "cpu", "first", 4, True, True)
-    x, w, gate_scale, gate_shift, fraction, layout, group, stride, padding, dilation = args[:10]
-    given = args[14]
+    x, w, gate_scale, gate_shift, fraction, layout, group, block, stride, padding, dilation = args[:11]
+    given = args[15]
     conv = {"stride": stride, "padding": padding, "dilation": dilation}
     _, returned = kernels.gated_conv2d(
         x, w, gate_scale, gate_shift, base_fraction=fraction, base_layout=layout, gate_group=group, decisions=given,
