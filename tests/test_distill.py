@@ -205,6 +205,7 @@ def test_kd_loss_rejects_bad_parameters(alpha, temperature):
         ("device", "quantum"),
         ("amp", "yes"),
         ("max_grad_norm", 0.0),
+        ("channels_last", 1),
     ],
 )
 def test_config_validation_names_the_field(field, value):
@@ -222,6 +223,29 @@ def test_amp_on_cpu_is_refused():
     train_loader, test_loader = _loaders()
     with pytest.raises(ValueError, match="amp=True needs a CUDA device"):
         Trainer(MLP(), train_loader, test_loader, _config(amp=True))
+
+
+def test_channels_last_trains_the_same_model_in_that_memory_format():
+    """Same data, seed and steps: weights agree with the default format's to float32 rounding, and stay channels_last."""
+    gen = torch.Generator().manual_seed(0)
+    images = TensorDataset(torch.randn(64, 3, 8, 8, generator=gen), torch.randint(0, 3, (64,), generator=gen))
+    train_loader = DataLoader(images, batch_size=16, sampler=EpochOrderSampler(64, seed=3))
+
+    def conv_net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(8, 3))  # fmt: skip
+
+    trained = {}
+    for channels_last in (False, True):
+        trainer = Trainer(conv_net(), train_loader, train_loader, _config(epochs=2, eval_every=None,
+                                                                          channels_last=channels_last))  # fmt: skip
+        trainer.fit()
+        trained[channels_last] = trainer.student
+    weight = trained[True][0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    for (name, a), b in zip(trained[False].state_dict().items(), trained[True].state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
 
 
 # ------------------------------------------------------------ student protocol

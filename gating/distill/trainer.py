@@ -52,7 +52,8 @@ class Trainer:
     and only run under ``torch.no_grad()``; it is skipped when
     ``config.kd_alpha == 1`` and no feature distillation is asked for (the
     loss is then plain cross-entropy). Student and teacher are moved to the
-    configured device.
+    configured device; with ``config.channels_last`` the student is converted
+    to that memory format (in place) and so is every training batch.
 
     Attributes set at construction and rebuilt by :meth:`fit`: ``optimizer``
     (SGD), ``scheduler`` (per-step :func:`cosine_lr_factor` via ``LambdaLR``
@@ -83,7 +84,10 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.device)
         self.amp = resolve_amp(config.amp, self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.student = student.to(self.device)
+        if config.channels_last:
+            self.student.to(memory_format=torch.channels_last)
         self.teacher = None if teacher is None else _freeze(teacher.to(self.device))
         self.train_loader = train_loader
         self.test_loader = test_loader
@@ -279,7 +283,7 @@ class Trainer:
         ``cached_logits``: the teacher's logits of this batch, when the loader
         yields them (``with_teacher_logits``).
         """
-        inputs = inputs.to(self.device, non_blocking=True)
+        inputs = inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
         self._schedule_budget()
         with self._autocast():
