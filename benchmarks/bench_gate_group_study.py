@@ -43,6 +43,11 @@ def test_study_trains_each_setting_on_one_shared_teacher_and_counts_its_decision
         gate_group_study.study(tmp_path, [16], [0], images=4, base=dataclasses.replace(TINY, student_lr=0.1))
 
 
+def test_setting_names() -> None:
+    assert [gate_group_study.setting_name(*s) for s in ((16, 1), (16, 2), (64, 4, 0.5), (16, 1, 1.0))] == [
+        "g16", "g16-b2", "g64-b4-tv0.5", "g16-tv1"]  # fmt: skip
+
+
 def test_study_command_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         gate_group_study.main(["--out", str(tmp_path), "--gate-groups", "0"])

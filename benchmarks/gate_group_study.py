@@ -1,11 +1,13 @@
 """Gate granularity study: accuracy and kernel work of demo students trained at several gate granularities.
 
     python -m benchmarks.gate_group_study --out runs/gate_groups [--gate-groups 16 32 64] [--gate-blocks 1 2 4]
-                                          [--seeds 0 1 2] [--images 64] [--threads N] [--result FILE]
+                                          [--coherence-weights 0 1] [--seeds 0 1 2] [--images 64]
+                                          [--threads N] [--result FILE]
 
-For every setting (``gate_group`` x ``gate_block``), the demo pipeline
-(``python -m gating demo``, its default recipe) runs once per seed in
-``OUT/g{G}/seed-{S}`` (``OUT/g{G}-b{B}/seed-{S}`` for blocks over 1). Finished
+For every setting (``gate_group`` x ``gate_block`` x ``coherence_weight``),
+the demo pipeline (``python -m gating demo``, its default recipe) runs once
+per seed in ``OUT/g{G}/seed-{S}`` (``-b{B}`` appended for blocks over 1,
+``-tv{W}`` for a coherence loss; :func:`setting_name`). Finished
 runs are reused and an interrupted one resumes from its checkpoints; the
 dense teacher of a seed is trained once and shared by every setting
 (``OUT/teacher-seed-{S}.ckpt``), so the settings differ only in their gates. Each student's decisions on
@@ -51,7 +53,7 @@ def count_student(run: Path, images: int) -> dict[str, Any]:
     """Whole-network counts of the student of demo run ``run`` on ``images`` built-in test images of its seed."""
     student, config = demo_student(run)
     inputs = data.synthetic_dataset(images, config.image_size, seed=2 * config.seed + 1).tensors[0]
-    name = f"{setting_name(config.gate_group, config.gate_block)}-seed{config.seed}"
+    name = f"{setting_name(config.gate_group, config.gate_block, config.coherence_weight)}-seed{config.seed}"
     layers = record_decisions(student, inputs, prefix=f"{name}.")
     (total,) = network_totals(recorded_records(layers, [images], name))
     keep = ("macs_dense", "macs_executed", "ideal_speedup", "conditional_macs", "kernel_conditional_macs",
@@ -59,9 +61,10 @@ def count_student(run: Path, images: int) -> dict[str, Any]:
     return {key: total[key] for key in keep}
 
 
-def setting_name(gate_group: int, gate_block: int) -> str:
-    """``g{G}``, or ``g{G}-b{B}`` for decisions over pixel blocks: the setting's folder and label."""
-    return f"g{gate_group}" if gate_block == 1 else f"g{gate_group}-b{gate_block}"
+def setting_name(gate_group: int, gate_block: int, coherence_weight: float = 0.0) -> str:
+    """``g{G}``, plus ``-b{B}`` for pixel blocks and ``-tv{W}`` for a coherence loss: the folder and label."""
+    name = f"g{gate_group}" if gate_block == 1 else f"g{gate_group}-b{gate_block}"
+    return name if coherence_weight == 0 else f"{name}-tv{coherence_weight:g}"
 
 
 def _run(config: DemoConfig, shared_teacher: Path) -> dict[str, Any]:
@@ -104,21 +107,25 @@ def study(
     images: int,
     base: DemoConfig | None = None,
     gate_blocks: Sequence[int] = (1,),
+    coherence_weights: Sequence[float] = (0.0,),
 ) -> dict[str, Any]:
-    """Train and count every (gate_group, gate_block, seed); returns the study (what :func:`main` writes).
+    """Train and count every (gate_group, gate_block, coherence_weight, seed); returns what :func:`main` writes.
 
     ``base``: the demo settings every run starts from (default ``DemoConfig()``;
-    its ``out``, ``seed``, ``gate_group`` and ``gate_block`` are replaced).
+    its ``out``, ``seed``, ``gate_group``, ``gate_block`` and
+    ``coherence_weight`` are replaced).
     """
     check_seeds(seeds)
     base = base or DemoConfig()
     settings = []
-    for gate_group, gate_block in itertools.product(gate_groups, gate_blocks):
+    for gate_group, gate_block, coherence in itertools.product(gate_groups, gate_blocks, coherence_weights):
         runs = []
         for seed in seeds:
-            print(f"=== gate_group {gate_group}, gate_block {gate_block}, seed {seed} ===", flush=True)
-            run_dir = out / setting_name(gate_group, gate_block) / f"seed-{seed}"
-            config = dataclasses.replace(base, out=run_dir, seed=seed, gate_group=gate_group, gate_block=gate_block)
+            print(f"=== gate_group {gate_group}, gate_block {gate_block}, coherence_weight {coherence:g}, "
+                  f"seed {seed} ===", flush=True)  # fmt: skip
+            run_dir = out / setting_name(gate_group, gate_block, coherence) / f"seed-{seed}"
+            config = dataclasses.replace(base, out=run_dir, seed=seed, gate_group=gate_group, gate_block=gate_block,
+                                         coherence_weight=float(coherence))  # fmt: skip
             result = _run(config, out / f"teacher-seed-{seed}.ckpt")
             runs.append({key: result[key] for key in ("seed", "teacher_accuracy", "student_accuracy", "accuracy_gap",
                                                       "macs_reduction", "bytes_reduction")}
@@ -126,7 +133,7 @@ def study(
         summary = summarize_seeds(runs)
         overheads = [run["counts"]["kernel_overhead"] for run in runs]
         settings.append({
-            "gate_group": gate_group, "gate_block": gate_block, **summary,
+            "gate_group": gate_group, "gate_block": gate_block, "coherence_weight": float(coherence), **summary,
             "mean_kernel_overhead": sum(overheads) / len(overheads), "worst_kernel_overhead": max(overheads),
             "worst_layer_kernel_overhead": max(run["counts"]["worst_layer_kernel_overhead"] for run in runs),
             "mean_tiled_kernel_overhead": sum(run["counts"]["tiled_kernel_overhead"] for run in runs) / len(runs),
@@ -135,7 +142,8 @@ def study(
     return {
         "benchmark": "gate_group_study",
         "images": images,
-        "demo_config": {**base.to_dict(), "out": None, "seed": None, "gate_group": None, "gate_block": None},
+        "demo_config": {**base.to_dict(), "out": None, "seed": None, "gate_group": None, "gate_block": None,
+                        "coherence_weight": None},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -145,11 +153,12 @@ def study(
 
 def table(result: dict[str, Any]) -> str:
     """One row per setting: accuracy gap (mean / worst), MAC reduction, kernel over exact conditional MACs."""
-    lines = [f"{'gate_group':>10}{'block':>7}{'mean gap':>10}{'worst gap':>11}{'MAC red.':>10}{'kernel/exact':>14}"
-             f"{'worst layer':>13}{'tiled':>8}"]  # fmt: skip
+    lines = [f"{'gate_group':>10}{'block':>7}{'TV w':>6}{'mean gap':>10}{'worst gap':>11}{'MAC red.':>10}"
+             f"{'kernel/exact':>14}{'worst layer':>13}{'tiled':>8}"]  # fmt: skip
     for w in result["settings"]:
         lines.append(
-            f"{w['gate_group']:>10}{w.get('gate_block', 1):>7}{w['mean_gap']:>10.2f}{w['worst_gap']:>11.2f}{w['mean_macs_reduction']:>9.2f}x"
+            f"{w['gate_group']:>10}{w.get('gate_block', 1):>7}{w.get('coherence_weight', 0.0):>6g}"
+            f"{w['mean_gap']:>10.2f}{w['worst_gap']:>11.2f}{w['mean_macs_reduction']:>9.2f}x"
             f"{w['mean_kernel_overhead']:>14.2f}{w['worst_layer_kernel_overhead']:>13.2f}"
             f"{w['mean_tiled_kernel_overhead']:>8.2f}"
         )
@@ -161,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder of the runs (reused when finished)")
     parser.add_argument("--gate-groups", nargs="+", type=int, default=[16, 32, 64], help="default: %(default)s")
     parser.add_argument("--gate-blocks", nargs="+", type=int, default=[1], help="default: %(default)s")
+    parser.add_argument("--coherence-weights", nargs="+", type=float, default=[0.0], help="default: %(default)s")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: %(default)s")
     parser.add_argument("--images", type=int, default=64, help="test images recorded per student (default %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -168,10 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.images < 1 or any(g < 1 for g in [*args.gate_groups, *args.gate_blocks]):
         parser.error("--images and every --gate-groups / --gate-blocks value must be >= 1")
+    if any(not 0 <= w < float("inf") for w in args.coherence_weights):
+        parser.error("every --coherence-weights value must be a finite number >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = study(args.out, args.gate_groups, args.seeds, args.images, gate_blocks=args.gate_blocks)
+        result = study(args.out, args.gate_groups, args.seeds, args.images, gate_blocks=args.gate_blocks,
+                       coherence_weights=args.coherence_weights)
     except ValueError as exc:
         print(f"gate_group_study: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,8 @@ _DEMO_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--target-flops", "target_flops", float, "executed/dense MAC ratio the student ends at"),
     ("--gate-group", "gate_group", int, "output channels per gate decision"),
     ("--gate-block", "gate_block", int, "side of the square block of output pixels per gate decision"),
+    ("--coherence-weight", "coherence_weight", float,
+     "weight of the loss pulling neighbouring pixels' gate decisions together (0 = off)"),
     ("--seed", "seed", int, "seed of data, initialisation and training order"),
     ("--device", "device", str, "torch device (default: cuda if available, else cpu)"),
     ("--student-lr", "student_lr", float, "student learning rate (cosine schedule)"),

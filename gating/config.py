@@ -6,6 +6,7 @@ decide which convolutions to gate and how.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +38,11 @@ class GateConfig:
         target_flops_ratio: executed/dense MAC ratio the budget loss drives the
             whole model to (``None`` disables the budget loss).
         budget_weight: weight of the budget loss ``(ratio - target)^2``.
+        coherence_weight: weight (>= 0) of the coherence loss, the mean over
+            gated layers of the total variation of each layer's soft gate map
+            ``sigmoid(alpha * zb)`` between neighbouring pixels
+            (``gates.total_variation``): it pulls neighbouring decisions
+            together while keeping pixel resolution; 0 = off (default).
         include: module names (as in ``named_modules``) to gate even if a
             default rule would skip them; an unsupported conv named here is an
             error.
@@ -57,6 +63,7 @@ class GateConfig:
     threshold_weight: float = 1e-4
     target_flops_ratio: float | None = None
     budget_weight: float = 1.0
+    coherence_weight: float = 0.0
     include: tuple[str, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = field(default_factory=tuple)
     skip_stem: bool = True
@@ -70,6 +77,9 @@ class GateConfig:
             raise ValueError(f"GateConfig.alpha must be > 0, got {self.alpha!r}")
         if self.threshold_weight < 0 or self.budget_weight < 0:
             raise ValueError("GateConfig.threshold_weight and budget_weight must be >= 0")
+        weight = self.coherence_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise ValueError(f"GateConfig.coherence_weight must be a finite number >= 0, got {weight!r}")
         if self.target_flops_ratio is not None and not 0.0 < self.target_flops_ratio <= 1.0:
             raise ValueError(
                 f"GateConfig.target_flops_ratio must be in (0, 1] or None, got {self.target_flops_ratio!r}"

@@ -65,6 +65,8 @@ class DemoConfig:
         gate_group: output channels sharing one gate decision.
         gate_block: side of the pixel block sharing one gate decision
             (``GateConfig.gate_block``; 1 = per pixel).
+        coherence_weight: weight of the gate-map coherence loss
+            (``GateConfig.coherence_weight``; 0 = off).
         budget_weight: weight of the budget loss.
         calibration_images: training images the gates are calibrated on.
 
@@ -109,6 +111,7 @@ class DemoConfig:
     target_flops: float = 0.39
     gate_group: int = GateSpec.gate_group
     gate_block: int = GateSpec.gate_block
+    coherence_weight: float = 0.0
     budget_weight: float = 50.0
     calibration_images: int = 512
     student_batch_size: int = 64
@@ -146,7 +149,8 @@ class DemoConfig:
     def gate_config(self) -> GateConfig:
         """The student's gate configuration."""
         return GateConfig(target_flops_ratio=self.target_flops, gate_group=self.gate_group,
-                          gate_block=self.gate_block, budget_weight=self.budget_weight)
+                          gate_block=self.gate_block, budget_weight=self.budget_weight,
+                          coherence_weight=self.coherence_weight)
 
     def teacher_config(self) -> TrainConfig:
         """The dense teacher's training run (not evaluated: :func:`run_demo` measures it)."""

@@ -133,6 +133,7 @@ class ChannelGatedConv2d(nn.Module):
         self.force_open = False
         self.last_decisions: torch.Tensor | None = None
         self.last_soft_density: torch.Tensor | None = None
+        self.last_soft_map: torch.Tensor | None = None
         self.last_forced_open = False
         self.reset_parameters()
 
@@ -253,6 +254,7 @@ class ChannelGatedConv2d(nn.Module):
                 y.shape[0], self.num_groups, y.shape[2], y.shape[3], dtype=torch.bool, device=y.device
             )
             self.last_soft_density = None
+            self.last_soft_map = None
             return y
         self.last_forced_open = False
         yp, yr = self.partial_sums(x)
@@ -268,9 +270,11 @@ class ChannelGatedConv2d(nn.Module):
                 "ngxy,g->n", hard + surrogate, self._group_weight.to(z.dtype)
             ) / (z.shape[2] * z.shape[3])
             decisions = hard + (surrogate * hard if self.sparse_bp else surrogate)
+            self.last_soft_map = soft  # [N, G, OH, OW], for the coherence loss
         else:
             decisions = hard
             self.last_soft_density = None
+            self.last_soft_map = None
         self.last_decisions = hard.detach().bool()
         return yp + mask_groups(yr, decisions, self.gate_group)
 
@@ -296,6 +300,22 @@ class ChannelGatedConv2d(nn.Module):
         if self.last_decisions is None:
             raise RuntimeError(f"{self.layer_name}: no forward has run yet")
         return float(self.last_decisions.float().mean()) if self.last_decisions.numel() else 0.0
+
+
+def total_variation(soft_map: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between vertically and horizontally neighbouring pixels of ``[N, G, H, W]``.
+
+    ``(sum |m[h+1, w] - m[h, w]| + sum |m[h, w+1] - m[h, w]|) / (number of such
+    pairs)``, a scalar in the map's dtype (0 for a map without neighbours).
+    On a gate's soft map ``sigmoid(alpha * zb)`` it is the coherence loss:
+    low when neighbouring pixels decide alike.
+    """
+    vertical = (soft_map[..., 1:, :] - soft_map[..., :-1, :]).abs()
+    horizontal = (soft_map[..., :, 1:] - soft_map[..., :, :-1]).abs()
+    pairs = vertical.numel() + horizontal.numel()
+    if pairs == 0:
+        return soft_map.sum() * 0.0
+    return (vertical.sum() + horizontal.sum()) / pairs
 
 
 def _gate_spec(spec: GateSpec | None, **settings: Any) -> GateSpec:

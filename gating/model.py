@@ -32,7 +32,7 @@ from torch import nn
 from . import calibration
 from .accounting import CallRecorder, RecordedCall, Report, conv_macs, gated_mac_terms
 from .config import GateConfig
-from .gates import ChannelGatedConv2d, check_conv_input, unsupported_reason
+from .gates import ChannelGatedConv2d, check_conv_input, total_variation, unsupported_reason
 
 SHORTCUT_NAMES = ("downsample", "shortcut")
 
@@ -237,12 +237,26 @@ class GatedModel(nn.Module):
             return torch.zeros(())
         return (self.soft_macs_ratio() - self.budget_target).pow(2)
 
+    def coherence_loss(self) -> torch.Tensor:
+        """Mean over the gated calls of the last training forward of ``total_variation`` of their soft gate maps.
+
+        Zero when no call kept a soft map (eval mode, no grad, gates forced
+        open). A layer called twice in one forward counts its last call.
+        """
+        maps = [layer.last_soft_map for layer in self.gated_layers().values() if layer.last_soft_map is not None]
+        if not maps:
+            return torch.zeros(())
+        return torch.stack([total_variation(soft) for soft in maps]).mean()
+
     def gating_loss(self) -> torch.Tensor:
-        """``threshold_loss + budget_weight * budget_loss`` for the last forward."""
+        """``threshold_loss + budget_weight * budget_loss + coherence_weight * coherence_loss`` (last forward)."""
         loss = self.threshold_loss()
         if self.budget_target is not None:
             budget = self.budget_loss()
             loss = loss.to(budget.device) + self.config.budget_weight * budget
+        if self.config.coherence_weight > 0:
+            coherence = self.coherence_loss()
+            loss = loss.to(coherence.device) + self.config.coherence_weight * coherence
         return loss
 
     # ------------------------------------------------------------ calibration
