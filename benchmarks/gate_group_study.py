@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from gating import data
+from gating.config import differing_settings
 from gating.demo import DemoConfig, check_seeds, run_demo, summarize_seeds
 from gating.io import atomic_write_json
 
@@ -92,11 +93,10 @@ def _check_same_recipe(saved: dict[str, Any], config: DemoConfig) -> None:
 
     Settings the run's ``results.json`` predates take their defaults (what it ran with).
     """
-    saved = {**DemoConfig(progress=False).to_dict(), **saved}
     wanted = config.to_dict()
-    differing = sorted(key for key in wanted if key not in _RUN_ONLY and saved.get(key) != wanted[key])
+    saved, differing = differing_settings(saved, wanted, DemoConfig(progress=False).to_dict(), _RUN_ONLY)
     if differing:
-        details = ", ".join(f"{key}={saved.get(key)!r} (wanted {wanted[key]!r})" for key in differing)
+        details = ", ".join(f"{key}={saved.get(key)!r} (wanted {wanted.get(key)!r})" for key in differing)
         raise ValueError(f"{config.out} holds a run with another recipe: {details}; use another --out")
 
 

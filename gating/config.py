@@ -13,6 +13,21 @@ from typing import Any
 from kernels.spec import GateSpec
 
 
+def differing_settings(
+    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], list[str]]:
+    """Compare a saved settings dict with the current one: ``(saved with defaults filled in, differing keys)``.
+
+    Settings added after ``saved`` was written take their ``defaults``, which
+    are what it ran with (a checkpoint from before ``gate_block`` existed holds
+    a ``gate_block = 1`` model). The differing keys (sorted) range over both
+    dicts, minus ``ignore``.
+    """
+    filled = {**defaults, **saved}
+    keys = (filled.keys() | current.keys()) - set(ignore)
+    return filled, sorted(key for key in keys if filled.get(key) != current.get(key))
+
+
 @dataclass
 class GateConfig:
     """How ``GatedModel`` gates a network.

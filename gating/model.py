@@ -31,7 +31,7 @@ from torch import nn
 
 from . import calibration
 from .accounting import CallRecorder, RecordedCall, Report, conv_macs, gated_mac_terms
-from .config import GateConfig
+from .config import GateConfig, differing_settings
 from .gates import ChannelGatedConv2d, check_conv_input, total_variation, unsupported_reason
 
 SHORTCUT_NAMES = ("downsample", "shortcut")
@@ -307,27 +307,16 @@ class GatedModel(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict) or "gate_config" not in state or "gated_names" not in state:
             raise ValueError("GatedModel state_dict: malformed extra state (not saved by GatedModel?)")
-        saved = _saved_gate_config(state["gate_config"])
-        if saved != self.config.to_dict():
-            differing = sorted(key for key in saved.keys() | self.config.to_dict().keys()
-                               if saved.get(key) != self.config.to_dict().get(key))
+        if not isinstance(state["gate_config"], dict):
+            raise ValueError(f"GatedModel state_dict: malformed gate config {state['gate_config']!r} (expected a dict)")
+        current = self.config.to_dict()
+        saved, differing = differing_settings(state["gate_config"], current, GateConfig().to_dict())
+        if differing:
             raise ValueError(
                 f"GatedModel state_dict was saved with gate config {saved}, this model uses "
-                f"{self.config.to_dict()} (differing: {', '.join(differing)})"
+                f"{current} (differing: {', '.join(differing)})"
             )
         if list(state["gated_names"]) != list(self.gated_names):
             raise ValueError(
                 f"GatedModel state_dict gates layers {state['gated_names']}, this model gates {self.gated_names}"
             )
-
-
-def _saved_gate_config(saved: Any) -> dict[str, Any]:
-    """A saved gate config in today's ``GateConfig.to_dict()`` form.
-
-    Settings added after the checkpoint was written take their defaults, which
-    are what such a model ran with (a checkpoint from before ``gate_block``
-    existed holds a ``gate_block = 1`` model). ``ValueError`` for a non-dict.
-    """
-    if not isinstance(saved, dict):
-        raise ValueError(f"GatedModel state_dict: malformed gate config {saved!r} (expected a dict)")
-    return {**GateConfig().to_dict(), **saved}
