@@ -16,6 +16,8 @@ setup(
         "triton>=3.0,<4; platform_system == 'Linux'",
         "numpy>=1.24,<3",
         "tqdm>=4.60",
+        "scipy>=1.10",
+        "safetensors>=0.4",
     ],
     extras_require={
         "dev": [

@@ -10,11 +10,15 @@ Public API:
 * ``models``: CIFAR ResNet-20/56; ``data``: built-in, CIFAR-10 and
   ImageFolder datasets; ``distill``: knowledge-distillation trainer;
   ``io``: atomic checkpoints.
+* ``prune``: static structured pruning (dependency groups, criteria, surgery).
+* ``build``, ``save``, ``load``: a model as safetensors weights plus a JSON
+  recipe, rebuilt without pickle (``gating.io.export``).
 """
 
 from .accounting import LayerCount, Report, count_model
 from .config import GateConfig
 from .gates import ChannelGatedConv2d
+from .io import build, load, save
 from .model import GatedModel
 
 __all__ = [
@@ -23,5 +27,8 @@ __all__ = [
     "GatedModel",
     "LayerCount",
     "Report",
+    "build",
     "count_model",
+    "load",
+    "save",
 ]

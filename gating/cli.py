@@ -1,8 +1,11 @@
-"""Command line: ``python -m gating demo`` (also installed as the ``gating`` command).
+"""Command line: ``python -m gating demo`` and ``python -m gating prune`` (also the ``gating`` command).
 
-The CLI only maps flags to a :class:`gating.demo.DemoConfig` (whose defaults
+``demo`` only maps flags to a :class:`gating.demo.DemoConfig` (whose defaults
 are the flags' defaults) and calls :func:`gating.demo.run_demo`, or
-:func:`gating.demo.run_demo_seeds` with ``--seeds``. A bad value exits with a
+:func:`gating.demo.run_demo_seeds` with ``--seeds``. ``prune`` loads a model
+saved with :func:`gating.save`, prunes it with :func:`gating.prune.prune`
+(a :class:`gating.prune.PruneConfig` built from the flags), prints the
+storage / MAC table and saves the smaller model. A bad value exits with a
 one-line error naming the flag.
 """
 
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .demo import DemoConfig, check_seeds, run_demo, run_demo_seeds
+from .prune import CRITERIA
 
 _DEFAULTS = DemoConfig()
 
@@ -45,6 +49,13 @@ _DEMO_FLAGS: tuple[tuple[str, str, type, str], ...] = (
      "batches for re-estimating BatchNorm statistics after training (0 = off)"),
     ("--budget-fit-batches", "budget_fit_batches", int,
      "batches on which the thresholds are shifted after training to meet --target-flops exactly (0 = off)"),
+    ("--prune", "prune_ratio", float,
+     "fraction of the teacher's prunable channels removed statically before gating (0 = no pruning)"),
+    ("--prune-criterion", "prune_criterion", str, "slimming, l1, similarity or multigranularity"),
+    ("--slimming-weight", "slimming_weight", float,
+     "network-slimming L1 weight on the teacher's BatchNorm scales (with --prune and slimming)"),
+    ("--kernel-l1-weight", "kernel_l1_weight", float,
+     "adaptive L1 weight on the teacher's 2-D kernels (with --prune and multigranularity)"),
 )
 
 
@@ -77,7 +88,33 @@ def build_parser() -> argparse.ArgumentParser:
                            "mean / worst gap and MAC reduction (overrides --seed)")
     demo.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
+    _add_prune_parser(commands)
     return parser
+
+
+def _add_prune_parser(commands: argparse._SubParsersAction) -> None:
+    prune = commands.add_parser("prune", help="prune a model saved with gating.save and save the smaller one")
+    prune.add_argument("model_dir", type=Path, help="folder written by gating.save")
+    prune.add_argument("--out", type=Path, required=True, help="folder for the pruned model")
+    prune.add_argument("--criterion", choices=CRITERIA, default="l1", help="channel importance (default l1)")
+    target = prune.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ratio", type=float, help="fraction of the scored channels to remove, in [0, 1)")
+    target.add_argument("--flops", type=float, help="keep at most this fraction of the MACs, in (0, 1]")
+    target.add_argument("--params", type=float, help="keep at most this fraction of the parameters, in (0, 1]")
+    prune.add_argument("--scope", choices=("global", "layer"), default="global",
+                       help="one threshold over all groups, or the same ratio in every group (default global)")
+    prune.add_argument("--max-ratio", type=float, default=0.9,
+                       help="largest fraction of one group removed (default 0.9)")
+    prune.add_argument("--round-to", type=int, default=8,
+                       help="kept channel counts are multiples of this (and of a gated layer's gate group; default 8)")
+    prune.add_argument("--similarity-source", choices=("weights", "features"), default="weights",
+                       help="what the similarity criterion compares (default weights)")
+    prune.add_argument("--image-size", type=int, default=224,
+                       help="side of the square input the model is traced and counted at (default 224)")
+    prune.add_argument("--calibration-images", type=int, default=64,
+                       help="built-in images run through the model for the gate and feature-similarity criteria "
+                            "(default 64)")
+    prune.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def demo_config(args: argparse.Namespace) -> DemoConfig:
@@ -97,6 +134,50 @@ def _flag_message(message: str) -> str:
     return message
 
 
+def run_prune(args: argparse.Namespace) -> None:
+    """The ``prune`` subcommand: load, prune, print the table, save. Bad input exits with one line."""
+    import torch
+
+    from . import io
+    from .data.synthetic import synthetic_dataset
+    from .prune import PruneConfig, TraceError, prune
+
+    try:
+        config = PruneConfig(criterion=args.criterion, ratio=args.ratio, flops=args.flops, params=args.params,
+                             scope=args.scope, max_ratio=args.max_ratio, round_to=args.round_to,
+                             similarity_source=args.similarity_source)
+    except ValueError as error:
+        message = str(error)
+        for field in ("criterion", "ratio", "flops", "params", "scope", "max_ratio", "round_to", "similarity_source"):
+            message = message.replace(f"PruneConfig.{field} ", f"--{field.replace('_', '-')} ")
+        raise SystemExit(f"gating prune: {message}") from None
+    if args.image_size < 8 or args.calibration_images < 1:
+        raise SystemExit("gating prune: --image-size must be >= 8 and --calibration-images >= 1")
+    if args.out.exists() and not args.overwrite:
+        raise SystemExit(f"gating prune: {args.out} exists; pass --overwrite to replace it")
+    try:
+        model = io.load(args.model_dir)
+    except io.ModelFileError as error:
+        raise SystemExit(f"gating prune: {error}") from None
+    original = io.load(args.model_dir)
+    channels = next(m.in_channels for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
+    example = torch.zeros(1, channels, args.image_size, args.image_size)
+    calibration = None
+    if config.criterion == "gate" or (config.criterion == "similarity" and config.similarity_source == "features"):
+        calibration = synthetic_dataset(args.calibration_images, image_size=args.image_size, seed=0).tensors[0]
+        if calibration.shape[1] != channels:
+            raise SystemExit(f"gating prune: the built-in images have {calibration.shape[1]} channels, "
+                             f"the model reads {channels}")
+    try:
+        result = prune(model, example, config, calibration=calibration)
+    except (TraceError, ValueError) as error:
+        raise SystemExit(f"gating prune: {error}") from None
+    io.save(model, args.out, overwrite=args.overwrite)
+    print(result.table())
+    print(io.storage_table(original, model, args.model_dir, args.out))
+    print(f"wrote {args.out}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m gating`` / ``gating``; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -106,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo_seeds(config, args.seeds)
         else:
             run_demo(config)
+    elif args.command == "prune":
+        run_prune(args)
     return 0
 
 

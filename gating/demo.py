@@ -10,6 +10,14 @@ at the end), then
 measures accuracy and MACs / bytes dense vs executed over the whole test set
 and writes ``OUT/results.json``. Checkpoints ``OUT/teacher.ckpt`` and
 ``OUT/student.ckpt`` are written as it goes; ``resume`` continues from them.
+Both models are saved at the end with :func:`gating.save` (``OUT/teacher_model``,
+``OUT/student_model``), so their parameters and bytes on disk are reported.
+
+With ``prune_ratio > 0`` the teacher trains with the network-slimming penalty
+(for the ``"slimming"`` criterion), a copy of it is pruned statically
+(:func:`gating.prune.prune`) and that smaller network is gated and distilled
+from the unpruned teacher: the student then stores fewer parameters and
+executes fewer MACs than the teacher (``docs/design.md#static-pruning``).
 
 :func:`run_demo_seeds` runs the same pipeline for several seeds (one folder
 each) and writes ``OUT/summary.json`` with :func:`summarize_seeds`: mean and
@@ -18,6 +26,7 @@ worst accuracy gap and MAC reduction, so robustness is one command away.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import platform
@@ -34,11 +43,15 @@ from torch.utils.data import DataLoader
 from kernels import GateSpec
 
 from . import data, io
-from .accounting import Report
+from .accounting import Report, count_model
 from .config import GateConfig
 from .distill import Trainer, TrainConfig, with_teacher_logits
 from .model import GatedModel
 from .models import BasicBlock, resnet20
+from .prune import PruneConfig, hold_zero_kernels, prune
+
+PRUNE_CRITERIA = ("slimming", "l1", "similarity", "multigranularity")
+"""Criteria the demo can prune by (``"gate"`` needs a gated model, and the demo prunes before gating)."""
 
 __all__ = ["DemoConfig", "measure", "run_demo", "run_demo_seeds", "summarize_seeds"]
 
@@ -94,6 +107,19 @@ class DemoConfig:
         budget_fit_batches: student training batches on which, after training, one
             common threshold offset is fitted so the student meets
             ``target_flops`` exactly; 0 = off.
+
+    Static pruning (off by default):
+        prune_ratio: fraction of the teacher's prunable channels removed
+            before gating, in [0, 1); 0 = no pruning.
+        prune_criterion: ``"slimming"``, ``"l1"``, ``"similarity"`` or
+            ``"multigranularity"`` (``gating.prune.criteria``).
+        slimming_weight: network-slimming penalty on the teacher's BatchNorm
+            scales while it trains (``TrainConfig.slimming_weight``); used
+            only when pruning by ``"slimming"``.
+        kernel_l1_weight: adaptive L1 on the teacher's 2-D kernels while it
+            trains (``TrainConfig.kernel_l1_weight``); used only when pruning
+            by ``"multigranularity"``, whose zeroed kernels then stay zero
+            while the student trains (``gating.prune.hold_zero_kernels``).
     """
 
     out: Path = Path("runs/demo")
@@ -123,6 +149,10 @@ class DemoConfig:
     budget_ramp_start: float = 1.0
     bn_recalibration_batches: int = 20
     budget_fit_batches: int = 4
+    prune_ratio: float = 0.0
+    prune_criterion: str = "slimming"
+    slimming_weight: float = 1e-4
+    kernel_l1_weight: float = 1.0
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -142,9 +172,18 @@ class DemoConfig:
                 f"DemoConfig.budget_ramp_start ({self.budget_ramp_start!r}) must be >= target_flops "
                 f"({self.target_flops!r})"
             )
+        if isinstance(self.prune_ratio, bool) or not isinstance(self.prune_ratio, (int, float)) or not (
+            0 <= self.prune_ratio < 1
+        ):
+            raise ValueError(f"DemoConfig.prune_ratio must be in [0, 1), got {self.prune_ratio!r}")
+        if self.prune_criterion not in PRUNE_CRITERIA:
+            raise ValueError(f"DemoConfig.prune_criterion must be one of {PRUNE_CRITERIA}, got {self.prune_criterion!r}")
         # The library configs check everything else, before any training.
         self.gate_config()
         self.student_config()
+        self.teacher_config()
+        if self.prune_ratio:
+            self.prune_config()
 
     def gate_config(self) -> GateConfig:
         """The student's gate configuration."""
@@ -154,8 +193,14 @@ class DemoConfig:
 
     def teacher_config(self) -> TrainConfig:
         """The dense teacher's training run (not evaluated: :func:`run_demo` measures it)."""
-        return TrainConfig(epochs=self.teacher_epochs, lr=0.1, kd_alpha=1.0, eval_every=None,
-                           channels_last=True, **self._common())
+        slimming = self.slimming_weight if self.prune_ratio and self.prune_criterion == "slimming" else 0.0
+        kernel_l1 = self.kernel_l1_weight if self.prune_ratio and self.prune_criterion == "multigranularity" else 0.0
+        return TrainConfig(epochs=self.teacher_epochs, lr=0.1, kd_alpha=1.0, eval_every=None, channels_last=True,
+                           slimming_weight=slimming, kernel_l1_weight=kernel_l1, **self._common())
+
+    def prune_config(self) -> PruneConfig:
+        """The static pruning of the teacher's copy (``prune_ratio`` of the prunable channels)."""
+        return PruneConfig(criterion=self.prune_criterion, ratio=self.prune_ratio)
 
     def student_config(self) -> TrainConfig:
         """The gated student's distillation run (not evaluated: :func:`run_demo` measures it)."""
@@ -225,7 +270,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         seed=config.seed,
     )
     print(f"[1/3] teacher: ResNet-20 (width {config.width}) on {config.num_train} built-in images", flush=True)
-    teacher = resnet20(num_classes=num_classes, width=config.width)
+    teacher = io.build("resnet20", num_classes=num_classes, width=config.width)
     teacher_trainer = Trainer(teacher, train_loader, test_loader, config.teacher_config(),
                               checkpoint_path=config.out / "teacher.ckpt")
     teacher_trainer.fit(resume=config.resume)
@@ -238,7 +283,16 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     print(f"[2/3] student: gated copy distilled from the teacher, MAC ratio {ramp}{config.target_flops}",
           flush=True)
     gate_config = config.gate_config()
-    student = GatedModel(teacher, gate_config).to(device)
+    network, pruning = teacher, None
+    if config.prune_ratio:
+        network = copy.deepcopy(teacher)
+        example = test_loader.dataset[0][0][None].to(device)
+        pruning = prune(network, example, config.prune_config())
+        print(f"      pruned {config.prune_ratio:.0%} of the prunable channels by {config.prune_criterion!r}:\n"
+              + "\n".join("        " + line for line in pruning.table().splitlines()), flush=True)
+    student = GatedModel(network, gate_config).to(device)
+    if pruning is not None and pruning.zeroed_kernels:
+        hold_zero_kernels(student)
     density = student.calibrate(calibration_batch(train_loader, config.calibration_images, device), start)
     print(f"      calibrated every gate to density {density:.3f} on {config.calibration_images} training images",
           flush=True)
@@ -254,14 +308,26 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     print("[3/3] measuring on the test set", flush=True)
     teacher_accuracy, _ = measure(teacher, test_loader, device)
     student_accuracy, report = measure(student, test_loader, device)
+    example = test_loader.dataset[0][0][None].to(device)
+    teacher_macs = count_model(teacher.eval(), example).macs_dense * len(test_loader.dataset)
     results = {
         "seed": config.seed,
         "teacher_accuracy": teacher_accuracy,
         "student_accuracy": student_accuracy,
         "accuracy_gap": teacher_accuracy - student_accuracy,
+        "teacher_macs": teacher_macs,
         "macs_dense": report.macs_dense,
         "macs_executed": report.macs_executed,
-        "macs_reduction": report.macs_reduction,
+        "macs_reduction": teacher_macs / report.macs_executed,
+        **_storage(teacher, student, config.out),
+        "pruning": None if pruning is None else {
+            "criterion": config.prune_criterion,
+            "ratio": config.prune_ratio,
+            "before": dataclasses.asdict(pruning.before),
+            "after": dataclasses.asdict(pruning.after),
+            "kept_channels": {pruning.groups[i].producers[0]: list(kept) for i, kept in pruning.kept.items()},
+            "zeroed_kernels": {name: list(counts) for name, counts in pruning.zeroed_kernels.items()},
+        },
         "bytes_dense": report.bytes_dense,
         "bytes_executed": report.bytes_executed,
         "bytes_reduction": report.bytes_reduction,
@@ -283,13 +349,27 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     return results
 
 
+def _storage(teacher: nn.Module, student: GatedModel, out: Path) -> dict[str, int]:
+    """Parameters, parameter bytes and bytes on disk (``gating.save`` folders in ``out``) of both models."""
+    sizes = {}
+    for role, model in (("teacher", teacher), ("student", student)):
+        folder = io.save(model, out / f"{role}_model", overwrite=True)
+        params = list(model.parameters())
+        sizes[f"{role}_params"] = sum(p.numel() for p in params)
+        sizes[f"{role}_param_bytes"] = sum(p.numel() * p.element_size() for p in params)
+        sizes[f"{role}_disk_bytes"] = sum(f.stat().st_size for f in folder.iterdir())
+    return sizes
+
+
 def summary(results: dict[str, Any], report: Report) -> str:
     """The demo's printed table."""
     lines = [
         "",
         f"{'':<22}{'teacher':>12}{'gated student':>16}",
         f"{'test accuracy (%)':<22}{results['teacher_accuracy']:>12.2f}{results['student_accuracy']:>16.2f}",
-        f"{'MACs (M, test set)':<22}{results['macs_dense'] / 1e6:>12.1f}{results['macs_executed'] / 1e6:>16.1f}",
+        f"{'MACs (M, test set)':<22}{results['teacher_macs'] / 1e6:>12.1f}{results['macs_executed'] / 1e6:>16.1f}",
+        f"{'parameters':<22}{results['teacher_params']:>12,d}{results['student_params']:>16,d}",
+        f"{'bytes on disk':<22}{results['teacher_disk_bytes']:>12,d}{results['student_disk_bytes']:>16,d}",
         f"{'bytes (MB, test set)':<22}{results['bytes_dense'] / 1e6:>12.1f}{results['bytes_executed'] / 1e6:>16.1f}",
         "",
         "per layer (summed over the test set):",
@@ -361,7 +441,8 @@ def run_demo_seeds(config: DemoConfig, seeds: Sequence[int]) -> dict[str, Any]:
 
 
 _HEADLINE = ("seed", "teacher_accuracy", "student_accuracy", "accuracy_gap", "macs_reduction",
-             "bytes_reduction", "seconds")
+             "bytes_reduction", "teacher_macs", "macs_executed", "teacher_params", "student_params",
+             "teacher_param_bytes", "student_param_bytes", "teacher_disk_bytes", "student_disk_bytes", "seconds")
 
 
 def check_seeds(seeds: Sequence[int]) -> None:

@@ -54,6 +54,8 @@ from kernels.partition import (
     mask_groups,
 )
 
+from .prune.surgery import check_keep, prune_batchnorm
+
 
 class ChannelGatedConv2d(nn.Module):
     """A 2-D convolution (groups = 1) with a partial-sum channel gate.
@@ -117,18 +119,7 @@ class ChannelGatedConv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.gate_bn = nn.BatchNorm2d(out_channels, affine=False, **factory)
         self.threshold = nn.Parameter(torch.full((out_channels,), float(threshold_init), **factory))
-        mask = base_mask(out_channels, in_channels, self.base_fraction, self.base_layout, device=device)
-        self.register_buffer("base_mask", mask, persistent=False)
-        self.num_groups = gate_group_count(out_channels, self.gate_group)
-        # Conditional MACs per output position of each gate group, normalised to
-        # sum to 1: weights of the soft density used by the budget loss.
-        cond_per_channel = (~mask).sum(dim=1).double()
-        sizes = group_sizes(out_channels, self.gate_group)
-        per_group = torch.stack([c.sum() for c in cond_per_channel.split(sizes)])
-        total = per_group.sum()
-        weights = per_group / total if total > 0 else torch.zeros_like(per_group)
-        self.register_buffer("_group_weight", weights.float(), persistent=False)
-        self.register_buffer("_group_size", torch.tensor(sizes, dtype=torch.float32, device=device), persistent=False)
+        self._derive_partition(device)
 
         self.force_open = False
         self.last_decisions: torch.Tensor | None = None
@@ -136,6 +127,53 @@ class ChannelGatedConv2d(nn.Module):
         self.last_soft_map: torch.Tensor | None = None
         self.last_forced_open = False
         self.reset_parameters()
+
+    def _derive_partition(self, device: torch.device | str | None) -> None:
+        """(Re)build the buffers that follow from the channel counts and the spec."""
+        mask = base_mask(self.out_channels, self.in_channels, self.base_fraction, self.base_layout, device=device)
+        self.register_buffer("base_mask", mask, persistent=False)
+        self.num_groups = gate_group_count(self.out_channels, self.gate_group)
+        # Conditional MACs per output position of each gate group, normalised to
+        # sum to 1: weights of the soft density used by the budget loss.
+        cond_per_channel = (~mask).sum(dim=1).double()
+        sizes = group_sizes(self.out_channels, self.gate_group)
+        per_group = torch.stack([c.sum() for c in cond_per_channel.split(sizes)])
+        total = per_group.sum()
+        weights = per_group / total if total > 0 else torch.zeros_like(per_group)
+        self.register_buffer("_group_weight", weights.float(), persistent=False)
+        self.register_buffer("_group_size", torch.tensor(sizes, dtype=torch.float32, device=device), persistent=False)
+
+    @torch.no_grad()
+    def prune_channels(self, out_keep: torch.Tensor | None = None, in_keep: torch.Tensor | None = None) -> None:
+        """Keep only output channels ``out_keep`` and input channels ``in_keep`` (int64 index tensors), in place.
+
+        The weight, bias, thresholds and the gate BatchNorm's statistics keep
+        the selected channels; the base / conditional split, the gate groups
+        and their weights are rebuilt for the new channel counts with the same
+        :class:`kernels.GateSpec` (``docs/design.md#static-pruning``). ``None``
+        keeps every channel on that side. Raises ``ValueError`` naming the
+        layer when the new counts do not fit the spec (e.g. ``"grouped"``
+        layout chunks); the layer is unchanged then. Decisions of earlier
+        forwards are dropped. Parameters are new ``nn.Parameter`` objects, so
+        optimizers built before must be rebuilt.
+        """
+        out_keep = check_keep(out_keep, self.out_channels, f"{self.layer_name}: out_keep")
+        in_keep = check_keep(in_keep, self.in_channels, f"{self.layer_name}: in_keep")
+        try:
+            self.spec.check(len(out_keep), len(in_keep))
+        except ValueError as err:
+            raise ValueError(f"{self.layer_name}: cannot keep {len(out_keep)} output and {len(in_keep)} input "
+                             f"channels: {err}") from err
+        device = self.weight.device
+        out_idx, in_idx = out_keep.to(device), in_keep.to(device)
+        self.weight = nn.Parameter(self.weight[out_idx][:, in_idx].clone())
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias[out_idx].clone())
+        self.threshold = nn.Parameter(self.threshold[out_idx].clone())
+        prune_batchnorm(self.gate_bn, out_idx)
+        self.out_channels, self.in_channels = len(out_keep), len(in_keep)
+        self._derive_partition(device)
+        self.last_decisions = self.last_soft_density = self.last_soft_map = None
 
     def reset_parameters(self) -> None:
         """Initialise weight and bias as ``nn.Conv2d`` does."""

@@ -109,6 +109,8 @@ class GatedModel(nn.Module):
     ``ValueError``.
     """
 
+    pruning_root = "model"  # the network that gating.prune traces (its forward is this one's)
+
     def __init__(self, model: nn.Module, config: GateConfig | None = None, *, inplace: bool = False) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):

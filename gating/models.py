@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+__all__ = ["BasicBlock", "CifarResNet", "MODEL_NAMES", "resnet20", "resnet56"]
+
+MODEL_NAMES = ("resnet20", "resnet56")
+"""Model constructors of this module, by the names ``gating.build`` and ``gating.load`` accept."""
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a residual connection and ReLU."""

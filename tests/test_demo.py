@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import gating
 from gating.cli import build_parser, demo_config, main
 from gating.demo import DemoConfig, run_demo, summarize_seeds
 
@@ -93,3 +94,37 @@ def test_module_entry_point_prints_help():
     for flag in ("--out", "--resume", "--target-flops", "--teacher-epochs", "--seeds", "--feature-kd-weight",
                  "--budget-ramp-epochs", "--bn-recalibration-batches", "--student-lr"):
         assert flag in result.stdout
+
+
+def test_cli_maps_the_prune_flags(tmp_path):
+    args = build_parser().parse_args(["demo", "--prune", "0.5", "--prune-criterion", "similarity",
+                                      "--slimming-weight", "0.001"])
+    config = demo_config(args)
+    assert (config.prune_ratio, config.prune_criterion, config.slimming_weight) == (0.5, "similarity", 0.001)
+    assert config.teacher_config().slimming_weight == 0.0  # the penalty only trains for the slimming criterion
+    assert DemoConfig(prune_ratio=0.5).teacher_config().slimming_weight == 1e-4
+    assert DemoConfig().teacher_config().slimming_weight == 0.0
+    with pytest.raises(SystemExit, match=r"--prune must be in \[0, 1\)"):
+        main(["demo", "--out", str(tmp_path), "--prune", "1.0"])
+    with pytest.raises(SystemExit, match="--prune-criterion must be one of"):
+        main(["demo", "--out", str(tmp_path), "--prune", "0.5", "--prune-criterion", "gate"])
+    with pytest.raises(SystemExit, match="--slimming-weight must be a finite number >= 0"):
+        main(["demo", "--out", str(tmp_path), "--prune", "0.5", "--slimming-weight", "-1"])
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_demo_with_pruning_stores_and_executes_less(tmp_path):
+    """The mechanics of ``--prune`` on a short run (accuracy is measured by the recorded multi-seed runs)."""
+    out = tmp_path / "pruned"
+    results = run_demo(DemoConfig(out=out, progress=False, prune_ratio=0.5, teacher_epochs=1, student_epochs=1,
+                                  num_train=512, num_test=256))
+    assert results["student_param_bytes"] <= 0.5 * results["teacher_param_bytes"]
+    assert results["student_disk_bytes"] < results["teacher_disk_bytes"]
+    assert results["macs_executed"] <= 0.35 * results["teacher_macs"]
+    assert results["macs_dense"] < results["teacher_macs"]
+    assert results["pruning"]["after"]["params"] == results["student_params"] - sum(
+        layer.threshold.numel() for layer in gating.load(out / "student_model").gated_layers().values()
+    )
+    student = gating.load(out / "student_model")
+    assert student.config.target_flops_ratio == DemoConfig().target_flops

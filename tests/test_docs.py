@@ -30,6 +30,8 @@ REQUIRED_HEADINGS = [
     "### Folding for inference",
     "## Training recipe",
     "## Accounting",
+    "## Static pruning",
+    "## Saved models",
     "## Layers of the code",
     "## Kernels",
     "### Registered ops",

@@ -16,7 +16,7 @@ from gating import ChannelGatedConv2d, GateConfig, GatedModel
 from gating.accounting import gated_count
 from gating.models import resnet20
 from gating.ops import GatedConvInference
-from kernels import GateSpec, partition
+from kernels import partition
 
 
 def blocks_by_hand(per_pixel: torch.Tensor, block: int) -> torch.Tensor:

@@ -71,6 +71,15 @@ class TrainConfig:
             batches meets the student's budget goal (``fit_budget``), then
             re-estimate BatchNorm again if ``bn_recalibration_batches``
             (>= 0; 0 = off). Needs a student with ``fit_budget``.
+        slimming_weight: weight ``s`` (>= 0) of the network-slimming penalty
+            ``s * sum |gamma|`` over the student's BatchNorm scales
+            (``gating.prune.slimming_penalty``), so that a later pruning by
+            the ``"slimming"`` criterion removes channels the network learnt
+            to switch off; 0 = off.
+        kernel_l1_weight: weight (>= 0) of the adaptive L1 on the student's
+            2-D convolution kernels (``gating.prune.kernel_l1_penalty``, a
+            value in [0, 1)), before pruning by the ``"multigranularity"``
+            criterion; 0 = off.
     """
 
     epochs: int
@@ -95,6 +104,8 @@ class TrainConfig:
     budget_ramp_start: float = 1.0
     bn_recalibration_batches: int = 0
     budget_fit_batches: int = 0
+    slimming_weight: float = 0.0
+    kernel_l1_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _require(is_int(self.epochs) and self.epochs >= 1, "epochs", "an int >= 1", self.epochs)
@@ -196,6 +207,18 @@ class TrainConfig:
             "an int >= 0",
             self.budget_fit_batches,
         )
+        _require(
+            _is_real(self.slimming_weight) and self.slimming_weight >= 0,
+            "slimming_weight",
+            "a finite number >= 0",
+            self.slimming_weight,
+        )
+        _require(
+            _is_real(self.kernel_l1_weight) and self.kernel_l1_weight >= 0,
+            "kernel_l1_weight",
+            "a finite number >= 0",
+            self.kernel_l1_weight,
+        )
 
 
 RESUME_MUST_MATCH = (
@@ -216,6 +239,8 @@ RESUME_MUST_MATCH = (
     "budget_ramp_start",
     "bn_recalibration_batches",
     "budget_fit_batches",
+    "slimming_weight",
+    "kernel_l1_weight",
 )
 """``TrainConfig`` fields a resumed run must share with its checkpoint."""
 

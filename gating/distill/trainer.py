@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..io import capture_rng_state, restore_rng_state
+from ..prune import kernel_l1_penalty, slimming_penalty
 from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig, is_int, resolve_amp, resolve_device
 from .evaluation import evaluate_classifier
@@ -293,6 +294,10 @@ class Trainer:
             if self._features is not None:
                 loss = loss + self.config.feature_kd_weight * self._features.loss()
             loss = loss + self._gating_loss()
+            if self.config.slimming_weight > 0:
+                loss = loss + self.config.slimming_weight * slimming_penalty(self.student)
+            if self.config.kernel_l1_weight > 0:
+                loss = loss + self.config.kernel_l1_weight * kernel_l1_penalty(self.student)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise TrainingDivergedError(

@@ -1,4 +1,4 @@
-"""Safe saving and loading of models and training checkpoints.
+"""Safe saving and loading of training checkpoints, and atomic file writes.
 
 Three guarantees, whatever goes wrong:
 

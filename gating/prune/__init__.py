@@ -1,0 +1,47 @@
+"""Static structured pruning: dependency groups, criteria, surgery (``docs/design.md#static-pruning``).
+
+* :func:`dependency_groups`: the channels that must go together (``groups``).
+* :func:`prune` with a :class:`PruneConfig`: score, select and remove
+  channels in place; returns a :class:`PruneResult` (``plan``).
+* :func:`slimming_penalty`: the network-slimming L1 term on BatchNorm scales;
+  :func:`kernel_l1_penalty`, :func:`zero_weak_kernels`,
+  :func:`hold_zero_kernels`: kernel-level sparsity of the multi-granularity
+  criterion (``criteria``).
+* :func:`apply_cuts`, :func:`module_cuts`, :func:`replay_cuts`: the surgery
+  itself (``surgery``).
+"""
+
+from .criteria import (
+    CRITERIA,
+    hold_zero_kernels,
+    kernel_l1_penalty,
+    similar_representatives,
+    slimming_penalty,
+    zero_weak_kernels,
+)
+from .groups import DependencyGroup, Member, Segment, TraceError, dependency_groups, traced_network
+from .plan import PruneConfig, PruneResult, Size, measure, prune
+from .surgery import apply_cuts, module_cuts, replay_cuts
+
+__all__ = [
+    "CRITERIA",
+    "DependencyGroup",
+    "Member",
+    "PruneConfig",
+    "PruneResult",
+    "Segment",
+    "Size",
+    "TraceError",
+    "apply_cuts",
+    "dependency_groups",
+    "hold_zero_kernels",
+    "kernel_l1_penalty",
+    "measure",
+    "module_cuts",
+    "prune",
+    "replay_cuts",
+    "similar_representatives",
+    "slimming_penalty",
+    "traced_network",
+    "zero_weak_kernels",
+]
