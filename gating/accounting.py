@@ -43,6 +43,17 @@ position whose receptive field holds ``(ih, iw)`` has an active decision for a
 group that reads channel ``i`` conditionally. A layer run with its gates
 forced open (``GatedModel.open_gates``) is counted as the dense conv it
 computes.
+
+For a ``RuntimeGatedConv2d`` with kept output channels ``m[n, c]`` and input
+channels that are not all zero ``a[n, i]`` (the previous layer's pruned
+channels), the saving compounds::
+
+    conv      = sum_n |m_n| * |a_n| * OH * OW * kh * kw
+    predictor = N * C_in * C_out                  (the FC after global pooling)
+    executed  = conv + predictor                  (dense: the conv alone)
+    bytes     = kept-anywhere x active-anywhere weights * e_w + bias, BatchNorm
+                and predictor parameters * e_w + sum_n |a_n| * H * W * e
+                + N*C_out*OH*OW * e (zeros written too) + N * C_out (masks)
 """
 
 from __future__ import annotations
@@ -61,9 +72,11 @@ from kernels.partition import base_sizes, group_index
 from kernels.work import conditional_macs, conditional_per_group
 from kernels.work import gated_mac_terms as _kernel_mac_terms
 
-from .gates import ChannelGatedConv2d
+from .gates import ChannelGatedConv2d, RuntimeGatedConv2d
+from .gates.runtime import channel_macs, predictor_macs
 
-COUNTED_TYPES = (nn.modules.conv._ConvNd, nn.Linear, ChannelGatedConv2d)
+COUNTED_TYPES = (nn.modules.conv._ConvNd, nn.Linear, ChannelGatedConv2d, RuntimeGatedConv2d)
+GATE_KINDS = ("gated", "runtime")
 
 
 @dataclass
@@ -71,14 +84,14 @@ class LayerCount:
     """Counts of one layer call. MACs are multiply-accumulates; bytes are bytes."""
 
     name: str
-    kind: str  # "gated", "conv" or "linear"
+    kind: str  # "gated" (partial-sum gate), "runtime" (runtime channel gate), "conv" or "linear"
     macs_dense: int
     macs_executed: int
     bytes_dense: int
     bytes_executed: int
     gate_macs: int = 0
-    decisions_on: int = 0  # gated layers: (sample, group, pixel) decisions that were on
-    decisions_total: int = 0  # gated layers: all decisions
+    decisions_on: int = 0  # gated layers: (sample, group, pixel) decisions on; runtime: (sample, channel) kept
+    decisions_total: int = 0  # gated layers: all decisions; runtime: N * C_out
     conditional_macs: int = 0  # gated layers: the conditional part of macs_executed
     kernel_conditional_macs: int = 0  # gated layers: conditional MACs the Triton kernel runs (tile-rounded)
 
@@ -94,8 +107,8 @@ class LayerCount:
 
     @property
     def density(self) -> float | None:
-        """Fraction of decisions on; ``None`` for layers without a gate."""
-        if self.kind != "gated":
+        """Fraction of decisions on (runtime gates: of channels kept); ``None`` for layers without a gate."""
+        if self.kind not in GATE_KINDS:
             return None
         return self.decisions_on / self.decisions_total if self.decisions_total else 0.0
 
@@ -183,12 +196,12 @@ class Report:
 
     def table(self) -> str:
         """A fixed-width text table, one row per layer plus the total."""
-        head = f"{'layer':<28} {'kind':<6} {'density':>7} {'MMACs dense':>12} {'MMACs exec':>11} {'KB dense':>10} {'KB exec':>10}"
+        head = f"{'layer':<28} {'kind':<7} {'density':>7} {'MMACs dense':>12} {'MMACs exec':>11} {'KB dense':>10} {'KB exec':>10}"
         rows = [head, "-" * len(head)]
         for layer in self.layers:
             density = "" if layer.density is None else f"{layer.density:.3f}"
             rows.append(
-                f"{layer.name[-28:]:<28} {layer.kind:<6} {density:>7} {layer.macs_dense / 1e6:>12.3f} "
+                f"{layer.name[-28:]:<28} {layer.kind:<7} {density:>7} {layer.macs_dense / 1e6:>12.3f} "
                 f"{layer.macs_executed / 1e6:>11.3f} {layer.bytes_dense / 1e3:>10.1f} {layer.bytes_executed / 1e3:>10.1f}"
             )
         rows.append("-" * len(head))
@@ -354,6 +367,42 @@ def gated_count(
     )
 
 
+def runtime_count(
+    name: str,
+    module: RuntimeGatedConv2d,
+    inp: torch.Size,
+    out: torch.Size,
+    elem: int,
+    masks: torch.Tensor,
+    active_inputs: torch.Tensor,
+) -> LayerCount:
+    """Counts of one ``RuntimeGatedConv2d`` call from its kept-channel masks ``[N, C_out]`` and the
+    input channels that were not all zero ``[N, C_in]`` (formulas in the module docstring)."""
+    conv = module.conv
+    dense = dense_count(name, conv, inp, out, elem)
+    masks, active = masks.cpu(), active_inputs.cpu()
+    n, c_out, oh, ow = out
+    gate_macs = predictor_macs(module, n)
+    kernel = math.prod(conv.kernel_size)
+    rows, cols = int(masks.any(dim=0).sum()), int(active.any(dim=0).sum())
+    weight_bytes = rows * cols * kernel * conv.weight.element_size()
+    params = _param_bytes(conv.bias, module.predictor.weight, module.predictor.bias, module.static_importance)
+    if module.bn is not None:
+        params += _param_bytes(module.bn.weight, module.bn.bias, module.bn.running_mean, module.bn.running_var)
+    act_bytes = (int(active.sum()) * inp[2] * inp[3] + n * c_out * oh * ow) * elem
+    return LayerCount(
+        name,
+        "runtime",
+        macs_dense=dense.macs_dense,
+        macs_executed=channel_macs(module, masks, active, (oh, ow)) + gate_macs,
+        bytes_dense=dense.bytes_dense,
+        bytes_executed=weight_bytes + params + act_bytes + masks.numel(),
+        gate_macs=gate_macs,
+        decisions_on=int(masks.sum()),
+        decisions_total=masks.numel(),
+    )
+
+
 def _kernel_conditional_macs(module: ChannelGatedConv2d, decisions: torch.Tensor) -> int:
     """Conditional MACs the gated Triton kernel runs on ``decisions`` (``kernels.gated_kernel_counters``)."""
     counters = gated_kernel_counters(
@@ -374,7 +423,8 @@ class RecordedCall:
     inp: torch.Size
     out: torch.Size
     elem: int
-    decisions: torch.Tensor | None  # gated layers that were not forced open
+    decisions: torch.Tensor | None  # gated layers that were not forced open; runtime gates: masks [N, C_out]
+    active_inputs: torch.Tensor | None = None  # runtime gates: input channels not all zero [N, C_in]
 
 
 class CallRecorder:
@@ -388,17 +438,26 @@ class CallRecorder:
     def __init__(self, model: nn.Module) -> None:
         self.calls: list[RecordedCall] = []
         self._handles = []
+        inside_runtime_gates: list[str] = []
         for name, module in model.named_modules():
+            if any(name.startswith(prefix) for prefix in inside_runtime_gates):
+                continue  # the gate counts its own conv and predictor
+            if isinstance(module, RuntimeGatedConv2d):
+                inside_runtime_gates.append(name + ".")
             if isinstance(module, COUNTED_TYPES):
                 self._handles.append(module.register_forward_hook(self._hook(name or type(module).__name__)))
 
     def _hook(self, name: str):
         def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             x = args[0]
-            decisions = None
+            decisions = active = None
             if isinstance(module, ChannelGatedConv2d) and not module.last_forced_open:
                 decisions = module.last_decisions
-            self.calls.append(RecordedCall(name, module, x.shape, output.shape, output.element_size(), decisions))
+            if isinstance(module, RuntimeGatedConv2d):
+                decisions, active = module.last_masks, module.last_active_inputs
+            self.calls.append(
+                RecordedCall(name, module, x.shape, output.shape, output.element_size(), decisions, active)
+            )
 
         return record
 
@@ -428,6 +487,9 @@ class CallRecorder:
         """Counts of one recorded call."""
         if isinstance(call.module, ChannelGatedConv2d):
             return gated_count(call.name, call.module, call.inp, call.out, call.elem, call.decisions)
+        if isinstance(call.module, RuntimeGatedConv2d):
+            return runtime_count(call.name, call.module, call.inp, call.out, call.elem, call.decisions,
+                                 call.active_inputs)
         return dense_count(call.name, call.module, call.inp, call.out, call.elem)
 
 

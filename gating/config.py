@@ -28,11 +28,20 @@ def differing_settings(
     return filled, sorted(key for key in keys if filled.get(key) != current.get(key))
 
 
+GATE_KINDS = ("partial_sum", "runtime")
+
+
 @dataclass
 class GateConfig:
     """How ``GatedModel`` gates a network.
 
     Attributes:
+        kind: ``"partial_sum"`` (``ChannelGatedConv2d``, the default) or
+            ``"runtime"`` (``RuntimeGatedConv2d``: per-input top-k output
+            channels by runtime x static importance, with the BatchNorm after
+            each gated conv moved into the gate; ``docs/design.md#runtime-importance-gate``).
+            The partial-sum settings below apply to the first, ``channel_group``,
+            ``pruner`` and ``runtime_ratio`` to the second.
         base_fraction: fraction ``1/p`` of input channels in each output
             channel's base partial sum (default 1/4).
         base_layout: ``"first"`` (first ``C_in/p`` channels for every output)
@@ -65,6 +74,10 @@ class GateConfig:
         skip_stem: skip the first convolution of the network (the stem).
         skip_shortcut: skip 1x1 convolutions on a shortcut path (a module name
             component ``downsample`` or ``shortcut``).
+        channel_group: runtime gates keep a multiple of this many output
+            channels (default 8; at most a gated layer's channels).
+        pruner: runtime gates' selection, ``"unified"`` or ``"tradeoff"``.
+        runtime_ratio: ``R_r`` in [0, 1] of the trade-off pruner.
     """
 
     base_fraction: float = GateSpec.base_fraction
@@ -83,6 +96,10 @@ class GateConfig:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     skip_stem: bool = True
     skip_shortcut: bool = True
+    kind: str = "partial_sum"
+    channel_group: int = 8
+    pruner: str = "unified"
+    runtime_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         self.include = tuple(self.include)
@@ -99,6 +116,15 @@ class GateConfig:
             raise ValueError(
                 f"GateConfig.target_flops_ratio must be in (0, 1] or None, got {self.target_flops_ratio!r}"
             )
+        if self.kind not in GATE_KINDS:
+            raise ValueError(f"GateConfig.kind must be one of {GATE_KINDS}, got {self.kind!r}")
+        if isinstance(self.channel_group, bool) or not isinstance(self.channel_group, int) or self.channel_group < 1:
+            raise ValueError(f"GateConfig.channel_group must be an int >= 1, got {self.channel_group!r}")
+        if self.pruner not in ("unified", "tradeoff"):
+            raise ValueError(f"GateConfig.pruner must be 'unified' or 'tradeoff', got {self.pruner!r}")
+        ratio = self.runtime_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+            raise ValueError(f"GateConfig.runtime_ratio must be in [0, 1], got {ratio!r}")
         overlap = set(self.include) & set(self.exclude)
         if overlap:
             raise ValueError(f"GateConfig: modules both included and excluded: {sorted(overlap)}")

@@ -32,7 +32,8 @@ from torch import nn
 from . import calibration
 from .accounting import CallRecorder, RecordedCall, Report, conv_macs, gated_mac_terms
 from .config import GateConfig, differing_settings
-from .gates import ChannelGatedConv2d, check_conv_input, total_variation, unsupported_reason
+from .gates import ChannelGatedConv2d, RuntimeGatedConv2d, check_conv_input, total_variation, unsupported_reason
+from .prune.groups import following_batchnorms
 
 SHORTCUT_NAMES = ("downsample", "shortcut")
 
@@ -52,6 +53,8 @@ def select_convs(model: nn.Module, config: GateConfig) -> list[str]:
         for name, m in model.named_modules()
         if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, ChannelGatedConv2d)
     ]
+    inside_gates = [name + "." for name, m in model.named_modules() if isinstance(m, RuntimeGatedConv2d)]
+    convs = [(name, m) for name, m in convs if not any(name.startswith(prefix) for prefix in inside_gates)]
     known = {name for name, _ in model.named_modules()}
     for name in (*config.include, *config.exclude):
         if name not in known:
@@ -122,17 +125,21 @@ class GatedModel(nn.Module):
         self.budget_target: float | None = self.config.target_flops_ratio
         model = self.model
         self.gated_names = select_convs(model, self.config)
+        batchnorms = following_batchnorms(model) if self.config.kind == "runtime" and self.gated_names else {}
         for name in self.gated_names:
-            self._swap(name)
+            self._swap(name, batchnorms.get(name))
         self._recorder = CallRecorder(self.model)
         for name, module in self.model.named_modules():
             if isinstance(module, nn.Conv2d):
                 module.register_forward_pre_hook(_input_check(name))
 
-    def _swap(self, name: str) -> None:
+    def _swap(self, name: str, batchnorm: str | None = None) -> None:
         parent_name, _, child = name.rpartition(".")
         parent = self.model.get_submodule(parent_name) if parent_name else self.model
         cfg = self.config
+        if cfg.kind == "runtime":
+            self._swap_runtime(name, parent, child, batchnorm)
+            return
         try:
             gated = ChannelGatedConv2d.from_conv(
                 getattr(parent, child),
@@ -146,14 +153,36 @@ class GatedModel(nn.Module):
         gated.layer_name = name
         setattr(parent, child, gated)
 
+    def _swap_runtime(self, name: str, parent: nn.Module, child: str, batchnorm: str | None) -> None:
+        """Put ``name`` and the BatchNorm after it (now an ``nn.Identity``) into a ``RuntimeGatedConv2d``."""
+        bn = None
+        if batchnorm is not None:
+            bn_parent_name, _, bn_child = batchnorm.rpartition(".")
+            bn_parent = self.model.get_submodule(bn_parent_name) if bn_parent_name else self.model
+            bn = getattr(bn_parent, bn_child)
+            setattr(bn_parent, bn_child, nn.Identity())
+        cfg = self.config
+        try:
+            gated = RuntimeGatedConv2d.from_conv(
+                getattr(parent, child), bn, channel_group=min(cfg.channel_group, getattr(parent, child).out_channels),
+                pruner=cfg.pruner, runtime_ratio=cfg.runtime_ratio,
+            )
+        except ValueError as err:
+            raise ValueError(f"cannot gate {name!r}: {err}") from err
+        gated.layer_name, gated.batchnorm_name = name, batchnorm
+        setattr(parent, child, gated)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self._recorder.clear()
         return self.model(*args, **kwargs)
 
     # ---------------------------------------------------------------- queries
-    def gated_layers(self) -> dict[str, ChannelGatedConv2d]:
-        """The gated convolutions by module name (relative to the wrapped model)."""
+    def gated_layers(self) -> dict[str, ChannelGatedConv2d | RuntimeGatedConv2d]:
+        """The gated convolutions by module name (relative to the wrapped model), of either kind."""
         return {name: self.model.get_submodule(name) for name in self.gated_names}
+
+    def _partial_sum_layers(self) -> list[ChannelGatedConv2d]:
+        return [layer for layer in self.gated_layers().values() if isinstance(layer, ChannelGatedConv2d)]
 
     def gate_stats(self) -> dict[str, float]:
         """Per gated layer: fraction of (sample, group, pixel) decisions on in the last forward."""
@@ -177,17 +206,17 @@ class GatedModel(nn.Module):
 
     def gate_batchnorms(self) -> list[nn.BatchNorm2d]:
         """The gates' decision BatchNorms (``gate_bn`` of every gated layer), in forward order."""
-        return [layer.gate_bn for layer in self.gated_layers().values()]
+        return [layer.gate_bn for layer in self._partial_sum_layers()]
 
     def no_weight_decay_parameters(self) -> Iterator[nn.Parameter]:
-        """The learned thresholds, which the optimiser should not decay."""
-        for layer in self.gated_layers().values():
+        """The learned thresholds of partial-sum gates, which the optimiser should not decay."""
+        for layer in self._partial_sum_layers():
             yield layer.threshold
 
     # ----------------------------------------------------------------- losses
     def threshold_loss(self) -> torch.Tensor:
         """``threshold_weight * sum over layers and channels of (Δ - target_threshold)^2``."""
-        thresholds = [layer.threshold for layer in self.gated_layers().values()]
+        thresholds = [layer.threshold for layer in self._partial_sum_layers()]
         if not thresholds:
             return torch.zeros(())
         deviation = torch.cat(thresholds) - self.config.target_threshold
@@ -245,7 +274,7 @@ class GatedModel(nn.Module):
         Zero when no call kept a soft map (eval mode, no grad, gates forced
         open). A layer called twice in one forward counts its last call.
         """
-        maps = [layer.last_soft_map for layer in self.gated_layers().values() if layer.last_soft_map is not None]
+        maps = [layer.last_soft_map for layer in self._partial_sum_layers() if layer.last_soft_map is not None]
         if not maps:
             return torch.zeros(())
         return torch.stack([total_variation(soft) for soft in maps]).mean()
@@ -272,9 +301,67 @@ class GatedModel(nn.Module):
             return 1.0
         return min(1.0, max(0.0, (target_flops_ratio * dense - fixed) / conditional))
 
+    def _require_kind(self, kind: str, caller: str, instead: str) -> None:
+        if self.config.kind != kind:
+            raise NotImplementedError(f"GatedModel.{caller}() is for {kind!r} gates; this model's are "
+                                      f"{self.config.kind!r} ({instead})")
+
     def calibrate(self, inputs: torch.Tensor, target_flops_ratio: float) -> float:
         """Start the gates near a budget: see :func:`gating.calibration.calibrate`; returns the density set."""
+        self._require_kind("partial_sum", "calibrate", "use set_budget")
         return calibration.calibrate(self, inputs, target_flops_ratio)
+
+    def set_keep_ratio(self, keep_ratio: float | torch.Tensor | dict[str, float | torch.Tensor]) -> None:
+        """Runtime gates: the fraction of output channels each layer keeps (one value, or one per layer name)."""
+        self._require_kind("runtime", "set_keep_ratio", "use calibrate / fit_budget")
+        layers = self.gated_layers()
+        if isinstance(keep_ratio, dict):
+            unknown = sorted(set(keep_ratio) - set(layers))
+            if unknown:
+                raise ValueError(f"GatedModel.set_keep_ratio: no runtime-gated layers named {unknown}")
+            for name, ratio in keep_ratio.items():
+                layers[name].set_keep_ratio(ratio)
+        else:
+            for layer in layers.values():
+                layer.set_keep_ratio(keep_ratio)
+
+    @torch.no_grad()
+    def set_budget(self, budget: float, inputs: torch.Tensor, *, tolerance: float = 0.005, max_steps: int = 30) -> float:
+        """Runtime gates: one keep ratio in every layer (the fixed schedule) so that the eval-mode
+        executed-MAC ratio on ``inputs`` meets ``budget`` in (0, 1]; returns the keep ratio set.
+
+        Bisection on the measured ratio (predictor MACs included); the result
+        is the largest ratio found whose executed MACs do not exceed the
+        budget, or the smallest ratio (``1 / C_out``, rounded up to the
+        channel group) when even that exceeds it. The training mode is kept.
+        """
+        self._require_kind("runtime", "set_budget", "use calibrate / fit_budget")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
+            raise ValueError(f"GatedModel.set_budget: budget must be in (0, 1], got {budget!r}")
+        was_training = self.training
+        self.eval()
+        try:
+            low, high = 1e-6, 1.0
+            self.set_keep_ratio(high)
+            self(inputs)
+            if self.executed_macs_ratio() <= budget:
+                return high
+            best = low
+            for _ in range(max_steps):
+                mid = (low + high) / 2
+                self.set_keep_ratio(mid)
+                self(inputs)
+                ratio = self.executed_macs_ratio()
+                if ratio <= budget:
+                    low = best = mid
+                    if budget - ratio <= tolerance:
+                        break
+                else:
+                    high = mid
+            self.set_keep_ratio(best)
+            return best
+        finally:
+            self.train(was_training)
 
     def fit_budget(
         self, batches: Iterable[torch.Tensor], target_flops_ratio: float | None = None, **options: Any
@@ -284,6 +371,7 @@ class GatedModel(nn.Module):
         See :func:`gating.calibration.fit_budget` (``options``: ``tolerance``,
         ``max_steps``).
         """
+        self._require_kind("partial_sum", "fit_budget", "use set_budget")
         target = self.budget_goal if target_flops_ratio is None else target_flops_ratio
         return calibration.fit_budget(self, batches, target, **options)
 

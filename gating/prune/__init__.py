@@ -19,7 +19,15 @@ from .criteria import (
     slimming_penalty,
     zero_weak_kernels,
 )
-from .groups import DependencyGroup, Member, Segment, TraceError, dependency_groups, traced_network
+from .groups import (
+    DependencyGroup,
+    Member,
+    Segment,
+    TraceError,
+    dependency_groups,
+    following_batchnorms,
+    traced_network,
+)
 from .plan import PruneConfig, PruneResult, Size, measure, prune
 from .surgery import apply_cuts, module_cuts, replay_cuts
 
@@ -34,6 +42,7 @@ __all__ = [
     "TraceError",
     "apply_cuts",
     "dependency_groups",
+    "following_batchnorms",
     "hold_zero_kernels",
     "kernel_l1_penalty",
     "measure",

@@ -55,8 +55,12 @@ def slimming_penalty(model: nn.Module) -> torch.Tensor:
 
 def _conv_kernels(model: nn.Module) -> list[torch.Tensor]:
     """The weights ``[C_out, C_in / groups, kh, kw]`` of every convolution (plain or gated) of ``model``."""
-    return [m.weight for m in model.modules()
-            if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 4]
+    weights = {}
+    for m in model.modules():  # a gate and the conv it wraps share one weight: count it once
+        weight = getattr(m, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 4:
+            weights.setdefault(id(weight), weight)
+    return list(weights.values())
 
 
 def kernel_l1_penalty(model: nn.Module, eps: float = 1e-3) -> torch.Tensor:

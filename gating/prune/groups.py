@@ -37,8 +37,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .layout import DependencyGroup, Layout, Member, Segment, TraceError
 from .tracer import Propagation
 
-__all__ = ["DependencyGroup", "Layout", "Member", "Segment", "TraceError", "dependency_groups", "trace",
-           "traced_network"]
+__all__ = ["DependencyGroup", "Layout", "Member", "Segment", "TraceError", "dependency_groups",
+           "following_batchnorms", "trace", "traced_network"]
 
 
 class _Tracer(fx.Tracer):
@@ -100,3 +100,23 @@ def traced_network(model: nn.Module) -> tuple[nn.Module, str]:
         prefix += model.pruning_root + "."
         model = model.get_submodule(model.pruning_root)
     return model, prefix
+
+
+def following_batchnorms(network: nn.Module) -> dict[str, str]:
+    """``{conv name: BatchNorm name}`` for every ``nn.Conv2d`` whose output only feeds one ``BatchNorm2d``.
+
+    Read from the ``torch.fx`` graph of ``network`` (:func:`trace`; names
+    relative to ``network``). ``GatedModel`` moves such a BatchNorm into a
+    runtime gate, so that the gate's pruned channels leave it as exact zeros.
+    """
+    gm = trace(network)
+    pairs = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(str(node.target)), nn.Conv2d):
+            continue
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module":
+            follower = gm.get_submodule(str(users[0].target))
+            if isinstance(follower, nn.BatchNorm2d):
+                pairs[str(node.target)] = str(users[0].target)
+    return pairs

@@ -44,7 +44,7 @@ class PruneConfig:
             slimming) or ``"layer"`` (every group loses ``ratio`` of its channels).
         max_ratio: largest fraction of one group that may be removed, in ``[0, 1)``.
         round_to: kept channel counts are rounded up to a multiple of this
-            (and of the ``gate_group`` of a gated producer); at least
+            (and of the ``gate_group`` or ``channel_group`` of a gated producer); at least
             ``round_to`` channels (or all of a smaller group) stay.
         similarity_source: ``"weights"`` or ``"features"`` for the similarity criterion.
     """
@@ -149,9 +149,10 @@ def _round_to(model: nn.Module, group: DependencyGroup, round_to: int) -> int:
     modules = dict(model.named_modules())
     step = round_to
     for name in group.producers:
-        gate_group = getattr(modules[name], "gate_group", None)
-        if isinstance(gate_group, int):
-            step = math.lcm(step, gate_group)
+        for attr in ("gate_group", "channel_group"):  # partial-sum and runtime gates
+            size = getattr(modules[name], attr, None)
+            if isinstance(size, int):
+                step = math.lcm(step, size)
     return step
 
 

@@ -173,6 +173,11 @@ def apply_cuts(model: nn.Module, cuts: Mapping[str, Mapping[str, torch.Tensor]])
         for role, index in sides.items():
             original = previous.get(role, list(range(_side_size(module, role, name))))
             previous[role] = [original[i] for i in index.tolist()]
+        # A gate that took over the BatchNorm after its conv (named in the network it
+        # came from) records that BatchNorm's cut too, so the recipe replays on the plain network.
+        folded = getattr(module, "batchnorm_name", None)
+        if folded and "out" in previous:
+            record[folded] = {"out": list(previous["out"])}
         prune_module(module, sides.get("out"), sides.get("in"), name)
     network.pruned_channels = record
 

@@ -54,7 +54,7 @@ from kernels.partition import (
     mask_groups,
 )
 
-from .prune.surgery import check_keep, prune_batchnorm
+from ..prune.surgery import check_keep, prune_batchnorm
 
 
 class ChannelGatedConv2d(nn.Module):
