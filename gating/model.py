@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from typing import Any, Iterable, Iterator
 
@@ -261,6 +262,34 @@ class GatedModel(nn.Module):
                 variable.append(conditional * soft.mean())
         executed = torch.stack(variable).sum() if variable else torch.zeros(())
         return (executed + constant) / dense_total
+
+    @torch.no_grad()
+    def per_sample_macs_ratio(self) -> torch.Tensor:
+        """``[N]`` executed / dense MACs of each input of the last forward (float64, CPU).
+
+        Runtime gates count each input's kept outputs over its non-zero inputs
+        plus the predictor; other layers count their dense MACs. Partial-sum
+        gates are not split per input (``NotImplementedError``).
+        """
+        if not self._recorder.calls:
+            raise RuntimeError("GatedModel.per_sample_macs_ratio(): run a forward pass first")
+        dense = executed = None
+        for call in self._recorder.calls:
+            n = call.inp[0]
+            if isinstance(call.module, ChannelGatedConv2d):
+                raise NotImplementedError("GatedModel.per_sample_macs_ratio() counts runtime gates only")
+            count = self._recorder.count(call)
+            per_dense = torch.full((n,), count.macs_dense / n, dtype=torch.float64)
+            if isinstance(call.module, RuntimeGatedConv2d):
+                masks, active = call.decisions.cpu(), call.active_inputs.cpu()
+                pairs = (masks.sum(dim=1) * active.sum(dim=1)).double()
+                per_pair = math.prod(call.module.kernel_size) * call.out[2] * call.out[3]
+                per_exec = pairs * per_pair + count.gate_macs / n
+            else:
+                per_exec = per_dense
+            dense = per_dense if dense is None else dense + per_dense
+            executed = per_exec if executed is None else executed + per_exec
+        return executed / dense
 
     def budget_loss(self) -> torch.Tensor:
         """``(soft_macs_ratio - budget_target)^2``; zero when no target is set."""

@@ -1,0 +1,175 @@
+"""The budget policy of runtime gates: per input and per gated layer, a keep ratio for a MAC budget.
+
+One episode is one input's forward pass; step ``l`` is the ``l``-th runtime
+gate it reaches (``docs/design.md#runtime-importance-gate``):
+
+    e_l   = ReLU(W_l GAP(x_l))                 per-layer encoder of the layer's pooled input
+    h_l   = GRUCell([e_l, b, l / L], h_{l-1})  shared recurrent state (b = the budget)
+    a_l   ~ Normal(b + w_mu h_l, exp(log_std)) the keep ratio, clipped to [0.1, 1]
+    V_l   = w_v h_l
+
+:class:`BudgetController` puts the policy into a runtime-gated
+``GatedModel`` with forward pre-hooks that set each layer's per-input keep
+ratio, and records the transitions for :mod:`gating.rl.ppo`. States are
+stored flat as ``[layer, budget, h_{l-1} (hidden), pooled input (padded)]``
+so that a PPO minibatch can mix layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MIN_KEEP = 0.1
+
+
+class BudgetPolicy(nn.Module):
+    """Gaussian keep-ratio policy and value function (module docstring).
+
+    Args:
+        in_channels: input channels of each runtime gate, in forward order.
+        hidden: width of the encoders and of the recurrent state.
+    """
+
+    def __init__(self, in_channels: list[int], hidden: int = 32) -> None:
+        super().__init__()
+        if not in_channels or any(c < 1 for c in in_channels):
+            raise ValueError(f"BudgetPolicy needs the input channels of at least one layer, got {in_channels!r}")
+        self.in_channels, self.hidden = list(in_channels), hidden
+        self.max_channels = max(in_channels)
+        # One encoder per layer, stored padded to the widest layer so a minibatch that
+        # mixes layers is one batched product (padded inputs are zero).
+        bounds = torch.tensor([1 / c**0.5 for c in in_channels])[:, None]
+        self.encoder_weight = nn.Parameter((torch.rand(len(in_channels), hidden, self.max_channels) * 2 - 1)
+                                           * bounds[:, :, None])
+        self.encoder_bias = nn.Parameter((torch.rand(len(in_channels), hidden) * 2 - 1) * bounds)
+        self.rnn = nn.GRUCell(hidden + 2, hidden)
+        self.mean_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.mean_head.weight)
+        nn.init.zeros_(self.mean_head.bias)  # starts at keep ratio = budget
+        self.log_std = nn.Parameter(torch.full((1,), -2.0))
+        self.value_head = nn.Linear(hidden, 1)
+
+    @property
+    def state_width(self) -> int:
+        return 2 + self.hidden + self.max_channels
+
+    def make_state(self, layer: int, budget: torch.Tensor, h_prev: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """Flat states ``[N, state_width]`` of step ``layer`` for inputs pooled ``[N, C_layer]``."""
+        n = pooled.shape[0]
+        padded = torch.zeros(n, self.max_channels, dtype=h_prev.dtype, device=h_prev.device)
+        padded[:, : pooled.shape[1]] = pooled.to(h_prev.dtype)
+        layer_col = torch.full((n, 1), float(layer), dtype=h_prev.dtype, device=h_prev.device)
+        return torch.cat([layer_col, budget.to(h_prev.dtype)[:, None], h_prev, padded], dim=1)
+
+    def _hidden(self, states: torch.Tensor) -> torch.Tensor:
+        layer = states[:, 0].long()
+        budget = states[:, 1:2]
+        h_prev = states[:, 2 : 2 + self.hidden]
+        pooled = states[:, 2 + self.hidden :]
+        # Every layer's encoder on every row in one product, then each row's own block.
+        every = pooled @ self.encoder_weight.flatten(0, 1).T  # [M, L * hidden]
+        own = every.view(-1, len(self.in_channels), self.hidden)[torch.arange(len(layer)), layer]
+        encoded = torch.relu(own + self.encoder_bias[layer])
+        position = (layer.to(states.dtype) / len(self.in_channels))[:, None]
+        return self.rnn(torch.cat([encoded, budget, position], dim=1), h_prev)
+
+    def step(self, states: torch.Tensor) -> tuple[torch.distributions.Normal, torch.Tensor, torch.Tensor]:
+        """Action distribution, value ``[N]`` and the new recurrent state for flat ``states``."""
+        h = self._hidden(states)
+        mean = states[:, 1:2] + self.mean_head(h)
+        dist = torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+        return dist, self.value_head(h).squeeze(1), h
+
+    def distribution(self, states: torch.Tensor) -> torch.distributions.Normal:
+        return self.step(states)[0]
+
+    def value(self, states: torch.Tensor) -> torch.Tensor:
+        return self.step(states)[1]
+
+
+class BudgetController:
+    """Drives a runtime-gated ``GatedModel`` with a :class:`BudgetPolicy` through forward pre-hooks.
+
+    Set ``budget`` (a float or one per input) before a forward; with
+    ``sample=True`` actions are drawn (training), else the mean is used.
+    After a forward, ``transitions`` holds ``(state, action, log_prob,
+    value)`` per step in order, for the inputs of that forward.
+    """
+
+    def __init__(self, model: nn.Module, policy: BudgetPolicy) -> None:
+        layers = list(model.gated_layers().values())
+        if [layer.in_channels for layer in layers] != policy.in_channels:
+            raise ValueError(
+                f"BudgetController: the policy was built for layers with input channels {policy.in_channels}, the "
+                f"model's runtime gates have {[layer.in_channels for layer in layers]}"
+            )
+        self.model, self.policy = model, policy
+        self.budget: float | torch.Tensor = 1.0
+        self.sample = False
+        self.transitions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._h: torch.Tensor | None = None
+        self._handles = [layer.register_forward_pre_hook(self._hook(i)) for i, layer in enumerate(layers)]
+
+    def _hook(self, index: int):
+        def set_keep(layer: nn.Module, args: tuple) -> None:
+            x = args[0]
+            n = x.shape[0]
+            if index == 0 or self._h is None or self._h.shape[0] != n:
+                self._h = torch.zeros(n, self.policy.hidden, device=x.device)
+                self.transitions = []
+            if index != len(self.transitions):
+                raise RuntimeError(
+                    f"BudgetController: runtime gate {index} ran after {len(self.transitions)} others; the gates "
+                    "must run once each, in their registration order"
+                )
+            budget = torch.as_tensor(self.budget, dtype=torch.float32, device=x.device).expand(n)
+            with torch.no_grad():
+                state = self.policy.make_state(index, budget, self._h, x.detach().mean(dim=(2, 3)).float())
+                dist, value, self._h = self.policy.step(state)
+                action = dist.sample() if self.sample else dist.mean
+                log_prob = dist.log_prob(action).squeeze(1)
+            self.transitions.append((state, action, log_prob, value))
+            layer.set_keep_ratio(action.squeeze(1).double().clamp(MIN_KEEP, 1.0).to(x.device))
+
+        return set_keep
+
+    def remove(self) -> None:
+        """Remove the hooks (the layers keep their last keep ratios)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def budget_reward(
+    task_loss: torch.Tensor, cost: torch.Tensor, budget: torch.Tensor, loss_scale: float, penalty_scale: float = 1.2,
+    slack: float = 0.03, bonus: float = 0.1
+) -> torch.Tensor:
+    """The final-step reward ``[N]``: ``-task_loss / loss_scale``, minus ``penalty_scale * (exp((cost - budget) /
+    slack) - 1)`` when ``cost`` (executed-MAC ratio) exceeds ``budget``, plus ``bonus * (budget - cost)`` under it.
+
+    The exponent is capped at 5 so one bad sample cannot dominate an update.
+    """
+    over = cost - budget
+    penalty = penalty_scale * (torch.exp((over / slack).clamp(max=5.0)) - 1.0)
+    reward = -task_loss / max(loss_scale, 1e-8)
+    return torch.where(over > 0, reward - penalty, reward + bonus * (-over))
+
+
+def stack_rollout(transitions, final_reward: torch.Tensor, gamma: float, lam: float):
+    """A :class:`gating.rl.ppo.Rollout` from one forward's transitions and its final-step reward ``[N]``."""
+    from .ppo import Rollout, gae
+
+    states = torch.stack([t[0] for t in transitions])  # [T, N, S]
+    actions = torch.stack([t[1] for t in transitions])  # [T, N, 1]
+    log_probs = torch.stack([t[2] for t in transitions])  # [T, N]
+    values = torch.stack([t[3] for t in transitions])  # [T, N]
+    steps, n = log_probs.shape
+    rewards = torch.zeros(steps, n, device=final_reward.device)
+    rewards[-1] = final_reward
+    dones = torch.zeros(steps, n, device=final_reward.device)
+    dones[-1] = 1.0
+    advantages, returns = gae(rewards, values, torch.zeros(n, device=final_reward.device), dones, gamma, lam)
+    return Rollout(states.flatten(0, 1), actions.flatten(0, 1), log_probs.flatten(), advantages.flatten(),
+                   returns.flatten())
+
