@@ -25,7 +25,7 @@ def test_budget_reward_by_hand():
     cost = torch.tensor([0.50, 0.56, 0.40])
     budget = torch.tensor([0.50, 0.50, 0.50])
     reward = budget_reward(loss, cost, budget, loss_scale=2.0)
-    expected = torch.tensor([-0.5, -0.5 - 1.2 * (torch.exp(torch.tensor(2.0)) - 1), -1.0 + 0.1 * 0.1])
+    expected = torch.tensor([-0.5, -0.5 - 1.2 * (torch.exp(torch.tensor(2.0)) - 1), -1.0 - 1.0 * 0.1])
     torch.testing.assert_close(reward, expected)
 
 

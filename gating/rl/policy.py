@@ -91,8 +91,11 @@ class BudgetPolicy(nn.Module):
 class BudgetController:
     """Drives a runtime-gated ``GatedModel`` with a :class:`BudgetPolicy` through forward pre-hooks.
 
-    Set ``budget`` (a float or one per input) before a forward; with
-    ``sample=True`` actions are drawn (training), else the mean is used.
+    Set ``budget`` (a float or one per input) before a forward, or
+    ``budget_range = (low, high)`` to draw each input's budget uniformly in
+    every forward of a model in training mode (fine-tuning the network under
+    the policy); with ``sample=True`` actions are drawn (policy training),
+    else the mean is used.
     After a forward, ``transitions`` holds ``(state, action, log_prob,
     value)`` per step in order, for the inputs of that forward.
     """
@@ -106,6 +109,8 @@ class BudgetController:
             )
         self.model, self.policy = model, policy
         self.budget: float | torch.Tensor = 1.0
+        self.budget_range: tuple[float, float] | None = None
+        self.generator = torch.Generator().manual_seed(0)
         self.sample = False
         self.transitions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._h: torch.Tensor | None = None
@@ -123,6 +128,9 @@ class BudgetController:
                     f"BudgetController: runtime gate {index} ran after {len(self.transitions)} others; the gates "
                     "must run once each, in their registration order"
                 )
+            if index == 0 and self.budget_range is not None and self.model.training:
+                low, high = self.budget_range
+                self.budget = low + (high - low) * torch.rand(n, generator=self.generator)
             budget = torch.as_tensor(self.budget, dtype=torch.float32, device=x.device).expand(n)
             with torch.no_grad():
                 state = self.policy.make_state(index, budget, self._h, x.detach().mean(dim=(2, 3)).float())
@@ -143,17 +151,21 @@ class BudgetController:
 
 def budget_reward(
     task_loss: torch.Tensor, cost: torch.Tensor, budget: torch.Tensor, loss_scale: float, penalty_scale: float = 1.2,
-    slack: float = 0.03, bonus: float = 0.1
+    slack: float = 0.03, under_weight: float = 1.0
 ) -> torch.Tensor:
     """The final-step reward ``[N]``: ``-task_loss / loss_scale``, minus ``penalty_scale * (exp((cost - budget) /
-    slack) - 1)`` when ``cost`` (executed-MAC ratio) exceeds ``budget``, plus ``bonus * (budget - cost)`` under it.
+    slack) - 1)`` when ``cost`` (executed-MAC ratio) exceeds ``budget``, minus ``under_weight * (budget - cost)``
+    under it.
 
+    The paper gives a small bonus under budget; that rewards spending less
+    than asked, so a trained policy undershoots. Penalising the unused budget
+    linearly makes the policy spend it, which is what ``set_budget`` promises.
     The exponent is capped at 5 so one bad sample cannot dominate an update.
     """
     over = cost - budget
     penalty = penalty_scale * (torch.exp((over / slack).clamp(max=5.0)) - 1.0)
     reward = -task_loss / max(loss_scale, 1e-8)
-    return torch.where(over > 0, reward - penalty, reward + bonus * (-over))
+    return torch.where(over > 0, reward - penalty, reward + under_weight * over)
 
 
 def stack_rollout(transitions, final_reward: torch.Tensor, gamma: float, lam: float):

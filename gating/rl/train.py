@@ -57,20 +57,26 @@ class PolicyTrainConfig:
             raise ValueError(f"PolicyTrainConfig.hidden must be an int >= 1, got {self.hidden!r}")
 
 
-def train_policy(model: nn.Module, loader: DataLoader, config: PolicyTrainConfig) -> tuple[BudgetPolicy, BudgetController]:
+def train_policy(
+    model: nn.Module, loader: DataLoader, config: PolicyTrainConfig, controller: BudgetController | None = None
+) -> tuple[BudgetPolicy, BudgetController]:
     """Train a :class:`BudgetPolicy` for the runtime-gated ``model`` on ``loader``'s ``(inputs, targets)``.
 
-    Returns the policy and its controller, attached to ``model`` and set to
-    act deterministically: set ``controller.budget`` and run the model.
+    ``controller``: continue training the policy of an attached controller
+    (alternating with fine-tuning); ``None`` builds a new policy. Returns
+    the policy and its controller, attached to ``model`` and set to act
+    deterministically: set ``controller.budget`` and run the model.
     """
     if getattr(getattr(model, "config", None), "kind", None) != "runtime":
         raise ValueError("train_policy needs a GatedModel with GateConfig(kind='runtime')")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     device = next(model.parameters()).device
-    policy = BudgetPolicy([layer.in_channels for layer in model.gated_layers().values()], config.hidden).to(device)
-    controller = BudgetController(model, policy)
-    controller.sample = True
+    if controller is None:
+        policy = BudgetPolicy([layer.in_channels for layer in model.gated_layers().values()], config.hidden).to(device)
+        controller = BudgetController(model, policy)
+    policy = controller.policy
+    controller.sample, budget_range, controller.budget_range = True, controller.budget_range, None
     ppo = PPO(policy, config.ppo)
     loss_scale = None
     was_training = model.training
@@ -95,5 +101,5 @@ def train_policy(model: nn.Module, loader: DataLoader, config: PolicyTrainConfig
                             refresh=False)
     finally:
         model.train(was_training)
-        controller.sample = False
+        controller.sample, controller.budget_range = False, budget_range
     return policy, controller
