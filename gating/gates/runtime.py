@@ -13,12 +13,14 @@ that pruned channels leave it as exact zeros)::
           always pruned, and of the rest a fraction runtime_ratio (R_r) of the
           channels still to prune is taken from the bottom of u_r, the others
           from the bottom of u_s
-    y   = BN(conv(x)) * m * (1 + (u - stop_gradient(u)))
+    s   = sigmoid(u)
+    y   = BN(conv(x)) * m * (1 + (s - stop_gradient(s)))
 
 Forward, a kept channel is exactly ``BN(conv(x))`` and a pruned one exactly 0,
 so a following ReLU keeps it 0 and the next layer can skip it as an input;
 backward, the importances get the gradient of a multiplicative scale
-(straight-through). ``keep_ratio`` is a float (every input) or a tensor
+(straight-through), squashed by the sigmoid so that large importances can
+neither overflow nor get unbounded gradients (the ranking is that of ``u``). ``keep_ratio`` is a float (every input) or a tensor
 ``[N]`` (one ratio per input, as a budget policy sets it). The masks of the
 last forward are ``last_masks`` (bool ``[N, C_out]``) and the input channels
 that were not all zero ``last_active_inputs`` (bool ``[N, C_in]``); accounting
@@ -202,8 +204,8 @@ class RuntimeGatedConv2d(nn.Module):
             return y
         runtime = self.predictor(x.mean(dim=(2, 3)).to(self.predictor.weight.dtype))
         mask = self.masks(runtime)
-        importance = unified_importance(runtime, self.static_importance)
-        scale = mask.to(importance.dtype) * (1 + (importance - importance.detach()))  # exactly 1 forward
+        squashed = torch.sigmoid(unified_importance(runtime, self.static_importance))
+        scale = mask.to(squashed.dtype) * (1 + (squashed - squashed.detach()))  # exactly 1 forward
         self.last_masks = mask
         return y * scale.to(y.dtype)[:, :, None, None]
 

@@ -132,8 +132,12 @@ class BudgetController:
                 low, high = self.budget_range
                 self.budget = low + (high - low) * torch.rand(n, generator=self.generator)
             budget = torch.as_tensor(self.budget, dtype=torch.float32, device=x.device).expand(n)
+            pooled = x.detach().mean(dim=(2, 3)).float()
+            if not bool(torch.isfinite(pooled).all()):
+                raise FloatingPointError(f"BudgetController: non-finite activations reach runtime gate {index} "
+                                         f"({getattr(layer, 'layer_name', '?')}); the network diverged")
             with torch.no_grad():
-                state = self.policy.make_state(index, budget, self._h, x.detach().mean(dim=(2, 3)).float())
+                state = self.policy.make_state(index, budget, self._h, pooled)
                 dist, value, self._h = self.policy.step(state)
                 action = dist.sample() if self.sample else dist.mean
                 log_prob = dist.log_prob(action).squeeze(1)

@@ -170,7 +170,7 @@ def run_train_rl(config: RLConfig) -> dict[str, Any]:
 
 def _finetune_config(config: RLConfig) -> TrainConfig:
     return TrainConfig(epochs=config.finetune_epochs, lr=config.student_lr, kd_alpha=0.5, eval_every=None,
-                       seed=config.seed, progress=config.progress)
+                       max_grad_norm=5.0, seed=config.seed, progress=config.progress)
 
 
 @torch.no_grad()
