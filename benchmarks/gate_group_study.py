@@ -38,7 +38,8 @@ import torch
 
 from gating import data
 from gating.config import differing_settings
-from gating.demo import DemoConfig, check_seeds, run_demo, summarize_seeds
+from gating.demo import DemoConfig, run_demo
+from gating.demo_seeds import check_seeds, summarize_seeds
 from gating.io import atomic_write_json
 
 from .counting import network_totals

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from gating import ChannelGatedConv2d, GatedModel, io
-from gating.accounting import CallRecorder, gated_count
+from gating.accounting import gated_count
+from gating.recorder import CallRecorder
 from gating.modes import train_mode
 from kernels import GateSpec, conv_output_size, gate_group_count
 

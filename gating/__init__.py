@@ -15,7 +15,8 @@ Public API:
   recipe, rebuilt without pickle (``gating.io.export``).
 """
 
-from .accounting import LayerCount, Report, count_model
+from .accounting import LayerCount, Report
+from .recorder import count_model
 from .config import GateConfig
 from .gates import ChannelGatedConv2d
 from .io import build, load, save

@@ -2,7 +2,7 @@
 
 ``demo`` only maps flags to a :class:`gating.demo.DemoConfig` (whose defaults
 are the flags' defaults) and calls :func:`gating.demo.run_demo`, or
-:func:`gating.demo.run_demo_seeds` with ``--seeds``. ``prune`` loads a model
+:func:`gating.demo_seeds.run_demo_seeds` with ``--seeds``. ``prune`` loads a model
 saved with :func:`gating.save`, prunes it with :func:`gating.prune.prune`
 (a :class:`gating.prune.PruneConfig` built from the flags), prints the
 storage / MAC table and saves the smaller model. A bad value exits with a
@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .demo import DemoConfig, check_seeds, run_demo, run_demo_seeds
+from .demo import DemoConfig, run_demo
+from .demo_seeds import check_seeds, run_demo_seeds
 from .prune import CRITERIA
 
 _DEFAULTS = DemoConfig()
@@ -208,7 +209,6 @@ def run_prune(args: argparse.Namespace) -> None:
         model = io.load(args.model_dir)
     except io.ModelFileError as error:
         raise SystemExit(f"gating prune: {error}") from None
-    original = io.load(args.model_dir)
     channels = next(m.in_channels for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
     example = torch.zeros(1, channels, args.image_size, args.image_size)
     calibration = None
@@ -222,8 +222,7 @@ def run_prune(args: argparse.Namespace) -> None:
     except (TraceError, ValueError) as error:
         raise SystemExit(f"gating prune: {error}") from None
     io.save(model, args.out, overwrite=args.overwrite)
-    print(result.table())
-    print(io.storage_table(original, model, args.model_dir, args.out))
+    print(result.table(extra_rows=[("bytes on disk", io.disk_bytes(args.model_dir), io.disk_bytes(args.out))]))
     print(f"wrote {args.out}")
 
 

@@ -19,19 +19,14 @@ With ``prune_ratio > 0`` the teacher trains with the network-slimming penalty
 from the unpruned teacher: the student then stores fewer parameters and
 executes fewer MACs than the teacher (``docs/design.md#static-pruning``).
 
-:func:`run_demo_seeds` runs the same pipeline for several seeds (one folder
-each) and writes ``OUT/summary.json`` with :func:`summarize_seeds`: mean and
-worst accuracy gap and MAC reduction, so robustness is one command away.
+:mod:`gating.demo_seeds` runs the same pipeline for several seeds.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import platform
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +38,11 @@ from torch.utils.data import DataLoader
 from kernels import GateSpec
 
 from . import data, io
-from .accounting import Report, count_model
+from .accounting import Report
+from .recorder import count_model
 from .config import GateConfig
-from .distill import Trainer, TrainConfig, with_teacher_logits
+from .distill import Trainer, TrainConfig, teacher_recipe, train_teacher, with_teacher_logits
+from .measurement import calibration_batch, measure
 from .model import GatedModel
 from .models import BasicBlock, resnet20
 from .prune import PruneConfig, hold_zero_kernels, prune
@@ -53,7 +50,7 @@ from .prune import PruneConfig, hold_zero_kernels, prune
 PRUNE_CRITERIA = ("slimming", "l1", "similarity", "multigranularity")
 """Criteria the demo can prune by (``"gate"`` needs a gated model, and the demo prunes before gating)."""
 
-__all__ = ["DemoConfig", "measure", "run_demo", "run_demo_seeds", "summarize_seeds"]
+__all__ = ["DemoConfig", "PRUNE_CRITERIA", "run_demo", "summary"]
 
 
 @dataclass
@@ -195,8 +192,8 @@ class DemoConfig:
         """The dense teacher's training run (not evaluated: :func:`run_demo` measures it)."""
         slimming = self.slimming_weight if self.prune_ratio and self.prune_criterion == "slimming" else 0.0
         kernel_l1 = self.kernel_l1_weight if self.prune_ratio and self.prune_criterion == "multigranularity" else 0.0
-        return TrainConfig(epochs=self.teacher_epochs, lr=0.1, kd_alpha=1.0, eval_every=None, channels_last=True,
-                           slimming_weight=slimming, kernel_l1_weight=kernel_l1, **self._common())
+        return teacher_recipe(self.teacher_epochs, slimming_weight=slimming, kernel_l1_weight=kernel_l1,
+                              **self._common())
 
     def prune_config(self) -> PruneConfig:
         """The static pruning of the teacher's copy (``prune_ratio`` of the prunable channels)."""
@@ -234,28 +231,6 @@ def _block_names(width: int) -> tuple[str, ...]:
     return tuple(name for name, module in resnet20(width=width).named_modules() if isinstance(module, BasicBlock))
 
 
-def calibration_batch(loader: DataLoader, count: int, device: torch.device) -> torch.Tensor:
-    """The first ``count`` images of ``loader``'s dataset (in dataset order), on ``device``."""
-    count = min(count, len(loader.dataset))
-    return torch.stack([loader.dataset[i][0] for i in range(count)]).to(device)
-
-
-@torch.no_grad()
-def measure(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, Report | None]:
-    """Accuracy in percent over ``loader`` and, for a ``GatedModel``, its counts summed over batches."""
-    model.eval()
-    correct, seen, report = 0, 0, None
-    for inputs, targets in loader:
-        inputs, targets = inputs.to(device), targets.to(device)
-        logits = model(inputs)
-        correct += int((logits.argmax(dim=1) == targets).sum())
-        seen += targets.numel()
-        if isinstance(model, GatedModel):
-            batch = model.report()
-            report = batch if report is None else report + batch
-    return 100.0 * correct / seen, report
-
-
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the demo described in the module docstring; returns what it writes to ``results.json``."""
     started = time.perf_counter()
@@ -271,12 +246,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     )
     print(f"[1/3] teacher: ResNet-20 (width {config.width}) on {config.num_train} built-in images", flush=True)
     teacher = io.build("resnet20", num_classes=num_classes, width=config.width)
-    teacher_trainer = Trainer(teacher, train_loader, test_loader, config.teacher_config(),
-                              checkpoint_path=config.out / "teacher.ckpt")
-    teacher_trainer.fit(resume=config.resume)
-    device = teacher_trainer.device
-    # Trained in channels_last for speed; the gated student (not faster in it) and the measurement run NCHW.
-    teacher.to(memory_format=torch.contiguous_format)
+    device = train_teacher(teacher, train_loader, test_loader, config.teacher_config(),
+                           config.out / "teacher.ckpt", resume=config.resume)
 
     start = config.budget_ramp_start if config.budget_ramp_epochs > 0 else config.target_flops
     ramp = f"{start} -> " if start != config.target_flops else ""
@@ -339,14 +310,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "teacher_train_config": dataclasses.asdict(config.teacher_config()),
         "student_train_config": dataclasses.asdict(student_config),
         "device": str(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "seconds": round(time.perf_counter() - started, 1),
     }
-    io.atomic_write_json(results, config.out / "results.json")
-    print(summary(results, report))
-    print(f"wrote {config.out / 'results.json'}")
-    return results
+    return io.publish_results(results, config.out / "results.json", started, summary(results, report))
 
 
 def _storage(teacher: nn.Module, student: GatedModel, out: Path) -> dict[str, int]:
@@ -357,7 +322,7 @@ def _storage(teacher: nn.Module, student: GatedModel, out: Path) -> dict[str, in
         params = list(model.parameters())
         sizes[f"{role}_params"] = sum(p.numel() for p in params)
         sizes[f"{role}_param_bytes"] = sum(p.numel() * p.element_size() for p in params)
-        sizes[f"{role}_disk_bytes"] = sum(f.stat().st_size for f in folder.iterdir())
+        sizes[f"{role}_disk_bytes"] = io.disk_bytes(folder)
     return sizes
 
 
@@ -375,98 +340,4 @@ def summary(results: dict[str, Any], report: Report) -> str:
         "per layer (summed over the test set):",
         report.table(),
     ]
-    return "\n".join(lines)
-
-
-def summarize_seeds(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Robustness summary of several demo runs.
-
-    Each entry needs ``seed``, ``teacher_accuracy`` and ``student_accuracy``
-    (percent) and ``macs_reduction`` (dense / executed MACs). Returns the
-    seeds, per-seed ``gaps`` (teacher - student, points), ``mean_gap``,
-    ``worst_gap`` (the largest), ``mean_macs_reduction``,
-    ``worst_macs_reduction`` (the smallest), and the means of both
-    accuracies.
-
-    Raises:
-        ValueError: no runs given.
-    """
-    if not per_seed:
-        raise ValueError("summarize_seeds needs at least one run")
-    gaps = [run["teacher_accuracy"] - run["student_accuracy"] for run in per_seed]
-    reductions = [run["macs_reduction"] for run in per_seed]
-    count = len(per_seed)
-    return {
-        "seeds": [run["seed"] for run in per_seed],
-        "gaps": gaps,
-        "macs_reductions": reductions,
-        "mean_gap": math.fsum(gaps) / count,
-        "worst_gap": max(gaps),
-        "mean_macs_reduction": math.fsum(reductions) / count,
-        "worst_macs_reduction": min(reductions),
-        "mean_teacher_accuracy": math.fsum(run["teacher_accuracy"] for run in per_seed) / count,
-        "mean_student_accuracy": math.fsum(run["student_accuracy"] for run in per_seed) / count,
-    }
-
-
-def run_demo_seeds(config: DemoConfig, seeds: Sequence[int]) -> dict[str, Any]:
-    """Run the demo once per seed (in ``config.out / f"seed-{s}"``) and write ``config.out / "summary.json"``.
-
-    Returns the summary of :func:`summarize_seeds` plus ``runs`` (each seed's
-    headline numbers) and the shared settings.
-
-    Raises:
-        ValueError: ``seeds`` is empty or holds a repeated, negative or
-            non-integer entry.
-    """
-    check_seeds(seeds)
-    started = time.perf_counter()
-    runs = []
-    for seed in seeds:
-        print(f"=== seed {seed} ===", flush=True)
-        run = run_demo(dataclasses.replace(config, seed=seed, out=config.out / f"seed-{seed}"))
-        runs.append({key: run[key] for key in _HEADLINE})
-    result = {
-        **summarize_seeds(runs),
-        "runs": runs,
-        "demo_config": {**config.to_dict(), "seed": None},
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    io.atomic_write_json(result, config.out / "summary.json")
-    print(seeds_table(result))
-    print(f"wrote {config.out / 'summary.json'}")
-    return result
-
-
-_HEADLINE = ("seed", "teacher_accuracy", "student_accuracy", "accuracy_gap", "macs_reduction",
-             "bytes_reduction", "teacher_macs", "macs_executed", "teacher_params", "student_params",
-             "teacher_param_bytes", "student_param_bytes", "teacher_disk_bytes", "student_disk_bytes", "seconds")
-
-
-def check_seeds(seeds: Sequence[int]) -> None:
-    """Raise ``ValueError`` naming the first repeated, negative or non-integer seed (or an empty list)."""
-    if not seeds:
-        raise ValueError("seeds: give at least one seed")
-    seen = set()
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seeds: {seed!r} is not an integer")
-        if seed < 0:
-            raise ValueError(f"seeds: {seed} is negative")
-        if seed in seen:
-            raise ValueError(f"seeds: {seed} is repeated")
-        seen.add(seed)
-
-
-def seeds_table(result: dict[str, Any]) -> str:
-    """The multi-seed run's printed table."""
-    lines = ["", f"{'seed':>6}{'teacher %':>11}{'student %':>11}{'gap':>7}{'MAC red.':>10}"]
-    for run in result["runs"]:
-        lines.append(f"{run['seed']:>6}{run['teacher_accuracy']:>11.2f}{run['student_accuracy']:>11.2f}"
-                     f"{run['accuracy_gap']:>7.2f}{run['macs_reduction']:>9.2f}x")
-    lines.append(f"{'mean':>6}{result['mean_teacher_accuracy']:>11.2f}{result['mean_student_accuracy']:>11.2f}"
-                 f"{result['mean_gap']:>7.2f}{result['mean_macs_reduction']:>9.2f}x")
-    lines.append(f"{'worst':>6}{'':>22}{result['worst_gap']:>7.2f}{result['worst_macs_reduction']:>9.2f}x")
     return "\n".join(lines)

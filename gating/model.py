@@ -31,16 +31,14 @@ import torch
 from torch import nn
 
 from . import calibration
-from .accounting import CallRecorder, RecordedCall, Report, conv_macs, gated_mac_terms
+from .accounting import Report, conv_macs, gated_mac_terms
+from .convs import is_depthwise
+from .recorder import CallRecorder, RecordedCall
 from .config import GateConfig, differing_settings
 from .gates import ChannelGatedConv2d, RuntimeGatedConv2d, check_conv_input, total_variation, unsupported_reason
 from .prune.groups import following_batchnorms
 
 SHORTCUT_NAMES = ("downsample", "shortcut")
-
-
-def _is_depthwise(conv: nn.Module) -> bool:
-    return isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels
 
 
 def _is_shortcut(name: str, conv: nn.Conv2d) -> bool:
@@ -72,7 +70,7 @@ def select_convs(model: nn.Module, config: GateConfig) -> list[str]:
             selected.append(name)
             continue
         if reason is not None:
-            if not _is_depthwise(conv):
+            if not is_depthwise(conv, multiplier=True):
                 warnings.warn(f"gating: skipping {name!r}: {reason}", stacklevel=3)
             continue
         if config.skip_stem and name == stem:

@@ -8,7 +8,8 @@ import pytest
 
 import gating
 from gating.cli import build_parser, demo_config, main
-from gating.demo import DemoConfig, run_demo, summarize_seeds
+from gating.demo import DemoConfig, run_demo
+from gating.demo_seeds import summarize_seeds
 
 
 @pytest.mark.slow

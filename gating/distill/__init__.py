@@ -13,7 +13,7 @@ each of its parts measured, is in ``docs/design.md#training-recipe``.
 
 Modules: :mod:`.config` (``TrainConfig``), :mod:`.losses`, :mod:`.schedules`,
 :mod:`.batchnorm`, :mod:`.evaluation` (:func:`evaluate_classifier`),
-:mod:`.features`, :mod:`.teacher_logits`, :mod:`.trainer` (``Trainer``), :mod:`.resume`
+:mod:`.features`, :mod:`.teacher_logits`, :mod:`.teacher` (the dense teacher's recipe), :mod:`.trainer` (``Trainer``), :mod:`.resume`
 (checkpoints).
 
 Student protocol (duck-typed, every member optional; ``GatedModel``
@@ -60,6 +60,7 @@ from .config import TrainConfig
 from .evaluation import evaluate_classifier
 from .losses import feature_kd_loss, kd_loss
 from .schedules import budget_target, cosine_lr_factor
+from .teacher import teacher_recipe, train_teacher
 from .teacher_logits import with_teacher_logits
 from .trainer import Trainer, TrainingDivergedError
 
@@ -73,5 +74,7 @@ __all__ = [
     "feature_kd_loss",
     "kd_loss",
     "recalibrate_batchnorm",
+    "teacher_recipe",
+    "train_teacher",
     "with_teacher_logits",
 ]

@@ -4,7 +4,10 @@
   :func:`load_checkpoint` (training state, ``torch.load(weights_only=True)``).
 * ``export``: :func:`save` / :func:`load` of a model as safetensors weights
   plus a JSON recipe (constructor, pruned channels, gate configuration), and
-  :func:`build` to make a model whose constructor the recipe can name.
+  :func:`build` to make a model whose constructor the recipe can name;
+  :func:`disk_bytes` of a saved folder.
+* ``results``: :func:`publish_results`, a workflow's results JSON (with the
+  run's environment) written atomically and its table printed.
 """
 
 from .checkpoint import (
@@ -20,7 +23,8 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .export import ModelFileError, build, load, save, storage_table
+from .export import ModelFileError, build, disk_bytes, load, save
+from .results import publish_results
 
 __all__ = [
     "FORMAT",
@@ -31,12 +35,13 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "build",
+    "disk_bytes",
     "capture_rng_state",
     "load",
     "load_checkpoint",
     "load_state_dict_checked",
+    "publish_results",
     "restore_rng_state",
     "save",
     "save_checkpoint",
-    "storage_table",
 ]

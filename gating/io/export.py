@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import math
 import os
 import re
 import secrets
@@ -361,17 +360,6 @@ def _check_pruned_channels(record: Any) -> None:
 
 
 # ----------------------------------------------------------------------- table
-def storage_table(before: nn.Module, after: nn.Module, before_file: Path | None = None, after_file: Path | None = None) -> str:
-    """Parameters and bytes (in memory, and on disk when saved folders are given) of two models."""
-    def params(m: nn.Module) -> tuple[int, int]:
-        ps = list(m.parameters())
-        return sum(p.numel() for p in ps), sum(p.numel() * p.element_size() for p in ps)
-
-    rows = [("parameters", *[params(m)[0] for m in (before, after)]),
-            ("parameter bytes", *[params(m)[1] for m in (before, after)])]
-    if before_file is not None and after_file is not None:
-        rows.append(("bytes on disk", *[sum(f.stat().st_size for f in Path(p).iterdir()) for p in (before_file, after_file)]))
-    lines = [f"{'':20s} {'before':>14s} {'after':>14s} {'ratio':>7s}"]
-    for label, a, b in rows:
-        lines.append(f"{label:20s} {a:14,d} {b:14,d} {(b / a if a else math.nan):7.3f}")
-    return "\n".join(lines)
+def disk_bytes(folder: Path | str) -> int:
+    """Bytes on disk of a saved model folder (``save``'s files, summed)."""
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())

@@ -15,7 +15,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -119,12 +119,12 @@ class PruneResult:
     floored: list[int] = field(default_factory=list)
     zeroed_kernels: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def table(self) -> str:
-        """A text table of parameters, parameter bytes and MACs before / after."""
+    def table(self, extra_rows: Sequence[tuple[str, int, int]] = ()) -> str:
+        """A text table of parameters, parameter bytes and MACs before / after, then ``extra_rows`` (label, before, after)."""
         rows = [("parameters", self.before.params, self.after.params),
                 ("non-zero parameters", self.before.nonzero_params, self.after.nonzero_params),
                 ("parameter bytes", self.before.param_bytes, self.after.param_bytes),
-                ("MACs (dense, example input)", self.before.macs, self.after.macs)]
+                ("MACs (dense, example input)", self.before.macs, self.after.macs), *extra_rows]
         lines = [f"{'':30s} {'before':>14s} {'after':>14s} {'ratio':>7s}"]
         for label, a, b in rows:
             lines.append(f"{label:30s} {a:14,d} {b:14,d} {b / a if a else float('nan'):7.3f}")

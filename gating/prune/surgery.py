@@ -26,6 +26,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..convs import is_depthwise
 from .groups import DependencyGroup, traced_network
 
 Cuts = dict[str, dict[str, torch.Tensor]]
@@ -64,7 +65,7 @@ def prune_batchnorm(bn: nn.modules.batchnorm._BatchNorm, keep: torch.Tensor) -> 
 
 @torch.no_grad()
 def _prune_conv(conv: nn.Conv2d, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None, name: str) -> None:
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    depthwise = is_depthwise(conv)
     if conv.groups > 1 and not depthwise:
         raise NotImplementedError(f"{name}: grouped convolution (groups={conv.groups}) cannot be pruned")
     out_idx = check_keep(out_keep, conv.out_channels, f"{name}: out_keep").to(conv.weight.device)

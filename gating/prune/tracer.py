@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..convs import is_depthwise
 from .layout import DependencyGroup, Layout, Member, Segment, TraceError
 
 _FOLLOW_MODULES = (
@@ -88,10 +89,6 @@ def _where(node: fx.Node) -> str:
 def _op_name(node: fx.Node) -> str:
     target = node.target
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
-
-
-def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
 def _is_producer(m: nn.Module) -> bool:
@@ -189,7 +186,7 @@ class Propagation:
             out = self._space(int(shape[1]), producer=name)
             self.members.append((name, "out", out))
             return out
-        if _is_depthwise(module):
+        if is_depthwise(module):
             self.members.append((name, "out", layout))
             return layout
         if isinstance(module, nn.modules.conv._ConvNd):

@@ -15,19 +15,18 @@ and of the student and the policy after each round, let ``resume`` continue.
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import data, io
 from ..config import GateConfig
-from ..distill import Trainer, TrainConfig
+from ..distill import Trainer, TrainConfig, teacher_recipe, train_teacher
+from ..measurement import calibration_batch, measure
 from ..model import GatedModel
 from .policy import BudgetController, BudgetPolicy
 from .train import PolicyTrainConfig, train_policy
@@ -85,21 +84,6 @@ class RLConfig:
         return out
 
 
-@torch.no_grad()
-def _measure(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
-    """Test accuracy (percent) and executed-MAC ratio (MAC-weighted over the batches) of ``model``."""
-    model.eval()
-    correct = seen = 0
-    executed = dense = 0
-    for inputs, targets in loader:
-        inputs, targets = inputs.to(device), targets.to(device)
-        correct += int((model(inputs).argmax(dim=1) == targets).sum())
-        seen += targets.numel()
-        report = model.report()
-        executed, dense = executed + report.macs_executed, dense + report.macs_dense
-    return 100.0 * correct / seen, executed / dense
-
-
 def run_train_rl(config: RLConfig) -> dict[str, Any]:
     """Run the workflow of the module docstring; returns what it writes to ``results.json``."""
     started = time.perf_counter()
@@ -111,13 +95,9 @@ def run_train_rl(config: RLConfig) -> dict[str, Any]:
     )
     print(f"[1/3] teacher: ResNet-20 (width {config.width}) on {config.num_train} built-in images", flush=True)
     teacher = io.build("resnet20", num_classes=classes, width=config.width)
-    teacher_run = Trainer(teacher, train_loader, test_loader,
-                          TrainConfig(epochs=config.teacher_epochs, lr=0.1, kd_alpha=1.0, eval_every=None,
-                                      channels_last=True, seed=config.seed, progress=config.progress),
-                          checkpoint_path=config.out / "teacher.ckpt")
-    teacher_run.fit(resume=config.resume)
-    device = teacher_run.device
-    teacher.to(memory_format=torch.contiguous_format)
+    device = train_teacher(teacher, train_loader, test_loader,
+                           teacher_recipe(config.teacher_epochs, seed=config.seed, progress=config.progress),
+                           config.out / "teacher.ckpt", resume=config.resume)
 
     print(f"[2/3] student: runtime gates, {config.rounds} rounds of policy training and fine-tuning", flush=True)
     student = GatedModel(teacher, GateConfig(kind="runtime", channel_group=config.channel_group)).to(device)
@@ -141,46 +121,36 @@ def run_train_rl(config: RLConfig) -> dict[str, Any]:
         controller.budget_range = None
 
     print("[3/3] measuring every budget on the test set, policy and fixed schedule", flush=True)
-    teacher_accuracy = _teacher_accuracy(teacher, test_loader, device)
+    teacher_accuracy, _ = measure(teacher, test_loader, device)
     per_budget = {}
     for budget in config.budgets:
         controller.budget = budget
-        accuracy, ratio = _measure(student, test_loader, device)
+        accuracy, ratio = _measured_ratio(student, test_loader, device)
         per_budget[str(budget)] = {"policy": {"accuracy": accuracy, "macs_ratio": ratio}}
     controller.remove()
-    calibration = torch.stack([train_loader.dataset[i][0] for i in range(config.calibration_images)]).to(device)
+    calibration = calibration_batch(train_loader, config.calibration_images, device)
     for budget in config.budgets:
         keep = student.set_budget(budget, calibration)
-        accuracy, ratio = _measure(student, test_loader, device)
+        accuracy, ratio = _measured_ratio(student, test_loader, device)
         per_budget[str(budget)]["fixed"] = {"accuracy": accuracy, "macs_ratio": ratio, "keep_ratio": keep}
     results = {
         "teacher_accuracy": teacher_accuracy,
         "budgets": per_budget,
         "config": config.to_dict(),
         "device": str(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "seconds": round(time.perf_counter() - started, 1),
     }
-    io.atomic_write_json(results, config.out / "results.json")
-    print(table(results))
-    print(f"wrote {config.out / 'results.json'}")
-    return results
+    return io.publish_results(results, config.out / "results.json", started, table(results))
+
+
+def _measured_ratio(model: GatedModel, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+    """Test accuracy (percent) and executed-MAC ratio over the whole test set."""
+    accuracy, report = measure(model, loader, device)
+    return accuracy, report.macs_executed / report.macs_dense
 
 
 def _finetune_config(config: RLConfig) -> TrainConfig:
     return TrainConfig(epochs=config.finetune_epochs, lr=config.student_lr, kd_alpha=0.5, eval_every=None,
                        max_grad_norm=5.0, seed=config.seed, progress=config.progress)
-
-
-@torch.no_grad()
-def _teacher_accuracy(teacher: nn.Module, loader: DataLoader, device: torch.device) -> float:
-    teacher.eval()
-    correct = seen = 0
-    for inputs, targets in loader:
-        correct += int((teacher(inputs.to(device)).argmax(dim=1) == targets.to(device)).sum())
-        seen += targets.numel()
-    return 100.0 * correct / seen
 
 
 def table(results: dict[str, Any]) -> str:
