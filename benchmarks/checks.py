@@ -13,7 +13,9 @@ compared with the float64 one, and an output passes when
 
 with ``rel_l2(y) = ||y - ref||_2 / ||ref||_2`` against the float64 ``ref``.
 An output above its tolerance, or a decision that differs from the case's
-mask, is a failure (:func:`failures`).
+mask, is a failure (:func:`failures`). The channel-sparse benchmark
+(:mod:`benchmarks.bench_channel_sparse`) checks its outputs the same way
+(:func:`check_channel_sparse`), and its pruned outputs must be exactly 0.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from kernels.channel_sparse_reference import channel_sparse_conv2d_reference
 from kernels.reference import conv2d_reference, gated_conv2d_reference
 
 from .cases import ConvCase
@@ -31,6 +34,7 @@ from .cases import ConvCase
 __all__ = [
     "TOLERANCE_FACTOR",
     "TOLERANCE_FLOOR",
+    "check_channel_sparse",
     "check_dense",
     "check_gated",
     "dense_references",
@@ -153,3 +157,25 @@ def failures(dense: Iterable[dict], gated: Iterable[dict]) -> list[str]:
         if not (check_ok and rec["decisions_match_mask"]):
             bad.append(f"{rec['shape']} b{rec['batch']} d{rec['target_density']} gated")
     return bad
+
+
+def check_channel_sparse(
+    out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out_mask: torch.Tensor, in_mask: torch.Tensor | None,
+    scale: torch.Tensor, shift: torch.Tensor, conv_args: dict[str, int],
+) -> dict[str, object]:  # fmt: skip
+    """:func:`rel_errors` of a channel-sparse output ``out`` on its inputs, and whether its pruned outputs are 0.
+
+    The float64 reference and the same math in x's dtype are
+    :func:`kernels.channel_sparse_reference.channel_sparse_conv2d_reference`
+    with the folded ``scale``/``shift`` (no residual, no ReLU, so every
+    pruned output must be exactly 0: ``pruned_exact_zero``, part of ``ok``).
+    """
+    masks = (out_mask, in_mask)
+    with _reference_flags():
+        ref = channel_sparse_conv2d_reference(
+            x.double(), weight.double(), *masks, scale=scale.double(), shift=shift.double(), **conv_args
+        )
+        pytorch = channel_sparse_conv2d_reference(x, weight, *masks, scale=scale, shift=shift, **conv_args)
+    errors = rel_errors(out, ref, pytorch)
+    zero = bool((out.masked_select(~out_mask[:, :, None, None]) == 0).all())
+    return errors | {"pruned_exact_zero": zero, "ok": errors["ok"] and zero}

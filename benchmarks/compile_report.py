@@ -1,11 +1,13 @@
 """What the compiler makes of the conv kernels for Hopper (sm_90), without a GPU.
 
     python -m benchmarks.compile_report [--models r50] [--batches 64 8] [--gate-group 16] [--gate-block 1]
-                                        [--shapes NAME...] [--out FILE]
+                                        [--shapes NAME...] [--channel-sparse] [--out FILE]
 
 For every layer shape of the chosen models and batch, the project's own launch
 functions (:func:`kernels.conv2d.conv2d`, :func:`kernels.gated_conv2d.gated_conv2d`,
-default schedule) are called on ``meta`` tensors with each Triton kernel's
+default schedule; with ``--channel-sparse`` also
+:func:`kernels.channel_sparse_conv2d.channel_sparse_conv2d`, keeping half of
+the input and output channels) are called on ``meta`` tensors with each Triton kernel's
 launch replaced by a capture: the launch arguments go through Triton's own
 argument binder (the same specialisation a CUDA launch gets: divisibility by
 16, ints equal to 1) and are compiled for ``cuda:90``. Each distinct compiled
@@ -76,11 +78,13 @@ def captured_launches() -> Iterator[list[dict[str, Any]]]:
     conv_module = sys.modules["kernels.conv2d"]
     gated_module = sys.modules["kernels.gated_conv2d"]
     conditional_module = sys.modules["kernels.gated_conditional"]
+    sparse_module = sys.modules["kernels.channel_sparse_conv2d"]
     target = GPUTarget("cuda", TARGET_ARCH, 32)
     backend = make_backend(target)
     launches: list[dict[str, Any]] = []
     jitted = [
-        conv_module._conv2d_kernel, gated_module._gated_conv2d_kernel, conditional_module._gated_conditional_kernel
+        conv_module._conv2d_kernel, gated_module._gated_conv2d_kernel, conditional_module._gated_conditional_kernel,
+        sparse_module._channel_sparse_conv2d_kernel,
     ]
 
     def capture(fn: Any) -> Any:
@@ -97,7 +101,7 @@ def captured_launches() -> Iterator[list[dict[str, Any]]]:
         return run
 
     saved = [(fn, fn.__dict__.get("run")) for fn in jitted]
-    supported = {m: m.require_kernel_support for m in (conv_module, gated_module)}
+    supported = {m: m.require_kernel_support for m in (conv_module, gated_module, sparse_module)}
     try:
         for fn in jitted:
             fn.run = capture(fn)
@@ -172,10 +176,15 @@ def analyse(compiled: Any, workdir: Path) -> dict[str, Any]:
 
 
 def layer_launches(
-    shape: Any, batch: int, gate_group: int, base_fraction: float, gate_block: int = 1
+    shape: Any, batch: int, gate_group: int, base_fraction: float, gate_block: int = 1, channel_sparse: bool = False
 ) -> list[dict[str, Any]]:
-    """Compile what one dense and one gated call of ``shape`` at ``batch`` launch (meta tensors, bfloat16)."""
+    """Compile what one dense and one gated call of ``shape`` at ``batch`` launch (meta tensors, bfloat16).
+
+    With ``channel_sparse``, also one channel-sparse call (half of the input
+    and output channels kept; the compiled code does not depend on which).
+    """
     import kernels
+    from kernels.channel_sparse_conv2d import channel_sparse_conv2d
     from kernels.conv2d import conv2d
     from kernels.gated_conv2d import gated_conv2d
 
@@ -189,16 +198,21 @@ def layer_launches(
         conv2d(x, weight, **geometry)
         gated_conv2d(x, weight, vector, vector, gate_group=gate_group, base_fraction=base_fraction,
                      gate_block=gate_block, **geometry)
+        if channel_sparse:
+            out_mask = torch.empty(batch, shape.out_channels, dtype=torch.bool, device="meta")
+            in_mask = torch.empty(batch, shape.in_channels, dtype=torch.bool, device="meta")
+            channel_sparse_conv2d(x, weight, out_mask, in_mask, **geometry)
     return launches
 
 
 def report(
     models: list[str], batches: list[int], gate_group: int, base_fraction: float, shapes: list[str] | None = None,
-    gate_block: int = 1,
+    gate_block: int = 1, channel_sparse: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per distinct compiled kernel, naming every (model, shape, batch) launch that uses it.
 
-    ``shapes``: only these layer names (``benchmarks.shapes``), if given.
+    ``shapes``: only these layer names (``benchmarks.shapes``), if given;
+    ``channel_sparse``: also the channel-sparse kernel (:func:`layer_launches`).
     """
     from .shapes import model_shapes
 
@@ -209,7 +223,8 @@ def report(
                 if shapes and shape.name not in shapes:
                     continue
                 for batch in batches:
-                    for launch in layer_launches(shape, batch, gate_group, base_fraction, gate_block):
+                    launched = layer_launches(shape, batch, gate_group, base_fraction, gate_block, channel_sparse)
+                    for launch in launched:
                         key = launch["compiled"].hash
                         if key not in records:
                             tiling = {k: v for k, v in launch["constexprs"].items() if k.isupper()}
@@ -222,7 +237,8 @@ def report(
 
 def _line(record: dict[str, Any]) -> str:
     c = record["constexprs"]
-    tiles = "x".join(str(c.get(k, "-")) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    keys = ("BLOCK_M", "BLOCK_C", "BLOCK_C") if "BLOCK_C" in c else ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+    tiles = "x".join(str(c.get(k, "-")) for k in keys)
     return (
         f"{record['kernel']:<28}{tiles:>12}{record['registers']:>6} regs{record['spill_bytes']:>6} B spill"
         f"{record['shared_bytes']:>8} B smem  wgmma n{record['wgmma_n'] or '-'}  mma.sync {record['mma_sync']}"
@@ -240,13 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gate-block", type=int, default=1, help="default: %(default)s")
     parser.add_argument("--base-fraction", type=float, default=0.25, help="default: %(default)s")
     parser.add_argument("--shapes", nargs="+", help="only these layers, e.g. r50.layer1.0.conv2 (default: all)")
+    parser.add_argument("--channel-sparse", action="store_true", help="also the channel-sparse kernel")
     parser.add_argument("--out", type=Path, default=RESULTS / "compile_report_sm90.json", help="default: %(default)s")
     args = parser.parse_args(argv)
     try:
         triton = _triton()
     except RuntimeError as exc:
         parser.error(str(exc))
-    records = report(args.models, args.batches, args.gate_group, args.base_fraction, args.shapes, args.gate_block)
+    records = report(
+        args.models, args.batches, args.gate_group, args.base_fraction, args.shapes, args.gate_block,
+        args.channel_sparse,
+    )
     payload = {
         "benchmark": "compile_report",
         "target": f"cuda:{TARGET_ARCH}",

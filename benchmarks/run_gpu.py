@@ -82,6 +82,13 @@ b. at densities 0.1, 0.25, 0.5 and batches 8 and 64: the fraction of cases where
 c. at density 1.0 (all gates on): geometric mean and maximum of
    ``triton_gated_ms / triton_dense_ms``, the cost of the gate itself.
 
+**Channel-sparse kernel.** A timing run then also runs
+:mod:`benchmarks.bench_channel_sparse` (cuDNN dense vs
+``kernels.channel_sparse_conv2d`` at keep 0.5 in and out, ResNet-18/50,
+batches 1 and 32, with this run's seed and ``do_bench`` times) and writes its
+JSON (``channel_sparse_<gpu>.json``) beside this one; a failed check there
+also makes the exit status 1.
+
 Without CUDA the timing sweep exits with status 2; ``--count-only`` writes the
 counting records (and per-network totals) on any machine.
 
@@ -106,6 +113,9 @@ from gating.io import atomic_write_json
 from kernels import GateSpec
 from kernels.partition import BASE_LAYOUTS
 
+from .bench_channel_sparse import ChannelSparseSweep
+from .bench_channel_sparse import default_out as channel_sparse_out
+from .bench_channel_sparse import run as run_channel_sparse
 from .checks import failures
 from .counting import count_records, network_totals
 from .recorded import RecordedLayer, load_decisions, recorded_records
@@ -236,10 +246,18 @@ def run(sweep: Sweep, count_only: bool, out: Path | None = None, decisions: Sequ
     payload["wall_s"] = time.perf_counter() - start
     atomic_write_json(payload, out)
     print(f"wrote {out} ({len(shapes)} shapes, {payload['wall_s']:.1f} s)")
+    sparse_status = 0 if count_only else _run_channel_sparse(sweep, out.parent)
     if bad:
         print(f"run_gpu: {len(bad)} checks failed: {', '.join(bad)}", file=sys.stderr)
         return 1
-    return 0
+    return sparse_status
+
+
+def _run_channel_sparse(sweep: Sweep, directory: Path) -> int:
+    """The channel-sparse timing (:mod:`benchmarks.bench_channel_sparse`, its own defaults: ResNet-18/50,
+    batches 1 and 32, keep 0.5) with this run's seed and ``do_bench`` times; its JSON goes into ``directory``."""
+    sparse = ChannelSparseSweep(seed=sweep.seed, warmup_ms=sweep.warmup_ms, rep_ms=sweep.rep_ms)
+    return run_channel_sparse(sparse, count_only=False, out=channel_sparse_out(False, directory))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

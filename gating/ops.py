@@ -23,9 +23,20 @@ parameters (computed once, as buffers) and runs the whole layer in one op
 call; it compiles with ``torch.compile(fullgraph=True)`` and exports with
 ``torch.export`` as one ``gating::gated_conv2d`` node.
 
-Errors (``docs/design.md#exception-policy``): ``TypeError`` for a layer that is
-not a ``ChannelGatedConv2d``; ``ValueError`` naming the layer for a BatchNorm
-of the wrong size or without running statistics.
+``fold_runtime_conv`` turns an eval-mode ``RuntimeGatedConv2d`` (its conv bias
+and the BatchNorm it holds) into the arguments of the channel-sparse op
+``gating::channel_sparse_conv2d`` (``docs/design.md#channel-sparse-kernel``):
+``scale``/``shift`` as above, the weight packed once. ``RuntimeConvInference``
+is its module form: per input it computes the runtime importance and asks
+the layer's own :meth:`RuntimeGatedConv2d.masks` for the kept channels (so
+the top-k rule and the current keep ratio are the layer's), then runs the op,
+which skips the pruned output groups and the inactive input groups; it
+compiles with ``torch.compile(fullgraph=True)`` (the op one node).
+
+Errors (``docs/design.md#exception-policy``): ``TypeError`` for a layer of the
+wrong type (``fold_gated_conv`` needs a ``ChannelGatedConv2d``,
+``fold_runtime_conv`` a ``RuntimeGatedConv2d``); ``ValueError`` naming the
+layer for a BatchNorm of the wrong size or without running statistics.
 """
 
 from __future__ import annotations
@@ -36,11 +47,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels import GateSpec, PackedWeight, conv2d, gated_conv2d, pack_weight
+from kernels import (
+    DEFAULT_CHANNEL_BLOCK,
+    GateSpec,
+    PackedWeight,
+    channel_sparse_conv2d,
+    conv2d,
+    gated_conv2d,
+    pack_weight,
+)
 
-from .gates import ChannelGatedConv2d
+from .gates import ChannelGatedConv2d, RuntimeGatedConv2d, check_conv_input
 
-__all__ = ["FoldedGatedConv", "GatedConvInference", "conv2d", "fold_gated_conv", "gated_conv2d"]
+__all__ = [
+    "FoldedGatedConv",
+    "FoldedRuntimeConv",
+    "GatedConvInference",
+    "RuntimeConvInference",
+    "channel_sparse_conv2d",
+    "conv2d",
+    "fold_gated_conv",
+    "fold_runtime_conv",
+    "gated_conv2d",
+]
 
 
 @dataclass
@@ -99,18 +128,9 @@ def fold_gated_conv(
         if bn.running_mean is None or bn.running_var is None:
             raise ValueError(f"{layer.layer_name}: bn, the BatchNorm to fold, tracks no running statistics")
     gate_scale, gate_shift = layer.folded_gate()
-    wide = gate_scale.dtype
-    bias = torch.zeros_like(gate_scale) if layer.bias is None else layer.bias.to(wide)
+    bias = _bias(layer.bias, layer.out_channels, gate_scale)
     gate_shift = gate_shift + gate_scale * bias
-    if bn is None:
-        scale, shift = torch.ones_like(gate_scale), bias
-    else:
-        scale = torch.rsqrt(bn.running_var.to(wide) + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.to(wide)
-        shift = (bias - bn.running_mean.to(wide)) * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.to(wide)
+    scale, shift = _batchnorm_affine(bias, bn)
     return FoldedGatedConv(
         weight=pack_weight(layer.weight.detach().to(dtype or layer.weight.dtype)),
         gate_scale=gate_scale.contiguous(),
@@ -122,6 +142,30 @@ def fold_gated_conv(
         padding=layer.padding,
         dilation=layer.dilation,
     )
+
+
+def _bias(bias: torch.Tensor | None, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """The conv bias in ``like``'s dtype and device, zeros ``[channels]`` when there is none."""
+    return like.new_zeros(channels) if bias is None else bias.detach().to(like.dtype)
+
+
+def _batchnorm_affine(bias: torch.Tensor, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` ``[C_out]`` in bias's dtype of ``bn(y + bias)`` as ``y*scale + shift`` (eval statistics).
+
+    ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta + (bias -
+    running_mean) * scale``; ``(1, bias)`` without a BatchNorm. The caller
+    has checked that ``bn`` tracks running statistics.
+    """
+    if bn is None:
+        return torch.ones_like(bias), bias
+    wide = bias.dtype
+    scale = torch.rsqrt(bn.running_var.to(wide) + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().to(wide)
+    shift = (bias - bn.running_mean.to(wide)) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach().to(wide)
+    return scale, shift
 
 
 class GatedConvInference(nn.Module):
@@ -182,4 +226,136 @@ class GatedConvInference(nn.Module):
             relu=self.relu,
             **self.config,
         )
+        return y
+
+
+# ------------------------------------------------------------ runtime gate
+@dataclass
+class FoldedRuntimeConv:
+    """What the channel-sparse op needs for one ``RuntimeGatedConv2d``, folded at build time.
+
+    ``weight`` is packed once; ``scale``, ``shift`` are ``[C_out]`` in float32
+    (float64 for a float64 layer): the conv bias and the layer's BatchNorm
+    (eval statistics) as one affine; ``stride``, ``padding``, ``dilation``
+    are ``(h, w)`` int pairs.
+    """
+
+    weight: PackedWeight
+    scale: torch.Tensor
+    shift: torch.Tensor
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+
+@torch.no_grad()
+def fold_runtime_conv(layer: RuntimeGatedConv2d, dtype: torch.dtype | None = None) -> FoldedRuntimeConv:
+    """Fold ``layer``'s conv bias and BatchNorm (``layer.bn``, eval statistics) into scale/shift; pack the weight.
+
+    ``dtype`` is the dtype the weight is packed in, the dtype of the
+    activations it will run on (default: the layer's weight dtype).
+    Everything stays on the layer's device. ``TypeError`` for another layer
+    type, ``ValueError`` naming the layer for a BatchNorm without running
+    statistics.
+    """
+    if not isinstance(layer, RuntimeGatedConv2d):
+        raise TypeError(f"fold_runtime_conv needs a RuntimeGatedConv2d, got {type(layer).__name__}")
+    bn = layer.bn
+    if bn is not None and (bn.running_mean is None or bn.running_var is None):
+        raise ValueError(f"{layer.layer_name}: bn, the BatchNorm to fold, tracks no running statistics")
+    wide = torch.promote_types(layer.weight.dtype, torch.float32)
+    bias = _bias(layer.bias, layer.out_channels, layer.weight.new_empty(0, dtype=wide))
+    scale, shift = _batchnorm_affine(bias, bn)
+    conv = layer.conv
+    return FoldedRuntimeConv(
+        weight=pack_weight(layer.weight.detach().to(dtype or layer.weight.dtype)),
+        scale=scale.contiguous(),
+        shift=shift.contiguous(),
+        stride=tuple(conv.stride),
+        padding=tuple(conv.padding),
+        dilation=tuple(conv.dilation),
+    )
+
+
+class RuntimeConvInference(nn.Module):
+    """Inference form of an eval-mode ``RuntimeGatedConv2d`` (+ optional residual and ReLU) in one op call.
+
+    ``forward(x, residual=None, in_mask=None)``:
+
+    * ``x`` ``[N, C_in, H, W]`` in the packed weight's dtype (channels_last
+      is best on CUDA);
+    * ``residual`` optional ``[N, C_out, OH, OW]``, added after the masked
+      layer output, then the ReLU if ``relu``: ``relu(layer(x) + residual)``;
+    * ``in_mask`` optional bool ``[N, C_in]``, the input channels that may be
+      non-zero (the previous layer's ``last_masks``). When None it is
+      computed from ``x`` as the layer records ``last_active_inputs`` (one
+      extra read of ``x``); either way the op skips the inactive input groups.
+
+    The kept channels are the layer's own: the runtime importance
+    ``predictor(GAP(x))`` goes through ``gate.masks`` (top-k or trade-off
+    pruner, the keep ratio the layer has *now*, so ``set_keep_ratio`` on the
+    layer applies here; ``force_open`` keeps every channel). Returns ``[N,
+    C_out, OH, OW]`` in x's dtype, channels_last, equal to ``layer(x)`` in
+    eval mode within the dtype's rounding; keeps ``last_masks``,
+    ``last_active_inputs`` and, with ``count_work``, the op's int64 ``[8]``
+    ``last_counters``. ``packed_weight``, ``scale`` and ``shift`` are a
+    snapshot of the layer's conv and BatchNorm (non-persistent buffers;
+    rebuild after changing them).
+    """
+
+    def __init__(
+        self,
+        gate: RuntimeGatedConv2d,
+        folded: FoldedRuntimeConv,
+        *,
+        relu: bool = False,
+        block: int = DEFAULT_CHANNEL_BLOCK,
+        count_work: bool = False,
+    ) -> None:
+        super().__init__()
+        self.gate = gate
+        self.register_buffer("packed_weight", folded.weight.data, persistent=False)
+        self.register_buffer("scale", folded.scale, persistent=False)
+        self.register_buffer("shift", folded.shift, persistent=False)
+        self.geometry = {"stride": folded.stride, "padding": folded.padding, "dilation": folded.dilation}
+        self.relu, self.block, self.count_work = relu, block, count_work
+        self.layer_name = gate.layer_name
+        self.last_masks: torch.Tensor | None = None
+        self.last_active_inputs: torch.Tensor | None = None
+        self.last_counters: torch.Tensor | None = None
+
+    @classmethod
+    def from_runtime(
+        cls,
+        layer: RuntimeGatedConv2d,
+        *,
+        relu: bool = False,
+        dtype: torch.dtype | None = None,
+        block: int = DEFAULT_CHANNEL_BLOCK,
+        count_work: bool = False,
+    ) -> "RuntimeConvInference":
+        """Build from an eval-mode runtime gate (``dtype`` as in :func:`fold_runtime_conv`)."""
+        return cls(layer, fold_runtime_conv(layer, dtype), relu=relu, block=block, count_work=count_work)
+
+    def output_masks(self, x: torch.Tensor) -> torch.Tensor:
+        """Bool ``[N, C_out]``: the channels the layer keeps for ``x`` (its own mask rule and keep ratio)."""
+        gate = self.gate
+        if gate.force_open:
+            return torch.ones(x.shape[0], gate.out_channels, dtype=torch.bool, device=x.device)
+        gate.check_batch(x)
+        return gate.masks(gate.runtime_importance(x))
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, in_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        check_conv_input(self.layer_name, x, self.gate.in_channels, self.packed_weight.dtype)
+        masks = self.output_masks(x)
+        if in_mask is None:
+            in_mask = x.abs().amax(dim=(2, 3)) > 0
+        result = channel_sparse_conv2d(
+            x, PackedWeight(self.packed_weight), masks, in_mask, scale=self.scale, shift=self.shift,
+            residual=residual, relu=self.relu, block=self.block, return_counters=self.count_work, **self.geometry,
+        )  # fmt: skip
+        y, self.last_counters = result if self.count_work else (result, None)
+        self.last_masks, self.last_active_inputs = masks, in_mask
         return y

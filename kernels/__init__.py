@@ -6,9 +6,21 @@
   conditional work of gated-off (pixel, gate group) pairs on device, compacting
   each group's active pixels across the batch (op ``gating::gated_conv2d``);
   :class:`GatedConvStats` reads its work counters.
+* :func:`channel_sparse_conv2d`: per-sample channel-sparse convolution that
+  runs only the output-channel groups a runtime gate keeps over only the
+  active input-channel groups (op ``gating::channel_sparse_conv2d``;
+  ``docs/design.md#channel-sparse-kernel``); :func:`channel_sparse_counters`
+  predicts its work counters from the masks (:data:`CHANNEL_SPARSE_FIELDS`),
+  :func:`channel_sparse_macs` gives their algorithmic MACs and
+  :func:`channel_group_lists` the on-device lists of active 8-channel
+  groups it reads
+  (:mod:`kernels.channel_sparse_reference`, pure PyTorch; the Triton kernel
+  is :mod:`kernels.channel_sparse_conv2d`).
 * :mod:`kernels.library`: the op registrations (reference on CPU, Triton on
   CUDA, fake implementations, FLOP formulas; ``docs/design.md#registered-ops``).
-* :mod:`kernels.reference`: the PyTorch spec of both, on any device and dtype.
+* :mod:`kernels.reference`: the PyTorch spec of the dense and gated
+  convolutions, on any device and dtype (the channel-sparse one's is
+  :func:`channel_sparse_conv2d_reference`).
 * :class:`GateSpec`: the gate settings (``base_fraction``, ``base_layout``,
   ``gate_group``, ``gate_block``), defined and validated once (:mod:`kernels.spec`);
 * :mod:`kernels.partition`: base layouts, gate groups and gate blocks
@@ -26,13 +38,33 @@
 
 Triton is a Linux-only dependency: where it is missing, ``TRITON_AVAILABLE`` is
 False, the ops run their references on every device and the Triton launch
-functions (``conv2d_triton``, ``gated_conv2d_triton``) are not exported.
+functions (``conv2d_triton``, ``gated_conv2d_triton``,
+``channel_sparse_conv2d_triton``) are not exported.
 This package never imports ``gating``.
 """
 
 from ._common import PackedWeight, pack_weight
 from ._validation import as_pair, conv_input_span, conv_output_size
-from .library import TRITON_AVAILABLE, conv2d, conv2d_op, gated_conv2d, gated_conv2d_op
+from .library import (
+    TRITON_AVAILABLE,
+    channel_sparse_conv2d,
+    channel_sparse_conv2d_op,
+    conv2d,
+    conv2d_op,
+    gated_conv2d,
+    gated_conv2d_op,
+)
+from .channel_sparse_reference import (
+    CHANNEL_GROUP,
+    CHANNEL_SPARSE_FIELDS,
+    DEFAULT_CHANNEL_BLOCK,
+    GroupLists,
+    channel_group_lists,
+    channel_sparse_conv2d_reference,
+    channel_sparse_counters,
+    channel_sparse_macs,
+    channel_sparse_tiling,
+)
 from .partition import (
     base_channels,
     base_mask,
@@ -60,9 +92,6 @@ from .reference import conv2d_reference, gated_conv2d_reference
 from .spec import GateSpec
 from .work import COUNTER_FIELDS, GatedConvStats, gated_mac_terms
 
-if TRITON_AVAILABLE:
-    from .library import conv2d_triton, gated_conv2d_triton
-
 __all__ = [
     "TRITON_AVAILABLE",
     "PackedWeight",
@@ -74,6 +103,17 @@ __all__ = [
     "conv2d_op",
     "gated_conv2d",
     "gated_conv2d_op",
+    "channel_sparse_conv2d",
+    "channel_sparse_conv2d_op",
+    "channel_sparse_conv2d_reference",
+    "channel_sparse_counters",
+    "channel_sparse_macs",
+    "channel_sparse_tiling",
+    "channel_group_lists",
+    "GroupLists",
+    "CHANNEL_GROUP",
+    "CHANNEL_SPARSE_FIELDS",
+    "DEFAULT_CHANNEL_BLOCK",
     "GateSpec",
     "GatedConvStats",
     "COUNTER_FIELDS",
@@ -100,4 +140,9 @@ __all__ = [
     "gate_group_count",
     "group_index",
     "group_sum",
-] + (["conv2d_triton", "gated_conv2d_triton"] if TRITON_AVAILABLE else [])
+]
+
+if TRITON_AVAILABLE:
+    from .library import channel_sparse_conv2d_triton, conv2d_triton, gated_conv2d_triton
+
+    __all__ += ["conv2d_triton", "gated_conv2d_triton", "channel_sparse_conv2d_triton"]

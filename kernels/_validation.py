@@ -266,3 +266,51 @@ def validate_gated(
     partition.check_gate_block(gate_block)
     _check_decisions(decisions, x, geom.gate_shape(gate_group))
     return geom
+
+
+CHANNEL_BLOCKS = (16, 32, 64, 128)
+"""Channel block sizes of the channel-sparse kernel: multiples of the mask granularity (8), powers of two
+(``tl.arange``), at least 16 (``tl.dot``)."""
+
+
+def check_channel_block(block: object) -> int:
+    """``block`` if it is one of :data:`CHANNEL_BLOCKS` (``TypeError`` for a non-int, ``ValueError`` otherwise)."""
+    if not is_int(block):
+        raise TypeError(f"block must be an int, one of {CHANNEL_BLOCKS}, got {type(block).__name__}")
+    if block not in CHANNEL_BLOCKS:
+        raise ValueError(f"block must be one of {CHANNEL_BLOCKS} (channels per block), got {block!r}")
+    return block
+
+
+def check_channel_mask(mask: object, name: str, x: torch.Tensor, shape: tuple[int, int], what: str) -> None:
+    """``mask`` must be a bool ``shape`` tensor on x's device (``what`` names its axes for the message)."""
+    check_tensor(mask, name)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor of shape {list(shape)} ({what}), got {describe(mask)}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must be a bool tensor of shape {list(shape)} ({what}), got {describe(mask)}")
+    check_same_device(mask, name, x)
+
+
+def validate_channel_sparse(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    out_mask: torch.Tensor,
+    in_mask: torch.Tensor | None,
+    *,
+    block: int,
+    **conv_args: object,
+) -> ConvGeometry:
+    """:func:`validate_conv` plus the channel masks and the block size; returns the geometry.
+
+    Adds: ``out_mask`` bool ``[N, C_out]`` and ``in_mask`` (``None`` or bool
+    ``[N, C_in]``) on x's device (``TypeError`` for another type or dtype,
+    ``ValueError`` for another shape or device); ``block`` one of
+    :data:`CHANNEL_BLOCKS`.
+    """
+    geom = validate_conv(x, weight, **conv_args)
+    check_channel_mask(out_mask, "out_mask", x, (geom.batch, geom.out_channels), "N, C_out")
+    if in_mask is not None:
+        check_channel_mask(in_mask, "in_mask", x, (geom.batch, geom.in_channels), "N, C_in")
+    check_channel_block(block)
+    return geom

@@ -27,8 +27,9 @@ that were not all zero ``last_active_inputs`` (bool ``[N, C_in]``); accounting
 reads both (``docs/design.md#accounting``).
 
 This module computes the convolution densely and masks it: it is the
-training semantics. A kernel that skips the pruned channels is the
-inference path.
+training semantics. The inference path, ``gating.ops.RuntimeConvInference``,
+runs the same masks through ``kernels.channel_sparse_conv2d``, which skips
+the pruned output channels and the all-zero input channels.
 """
 
 from __future__ import annotations
@@ -179,6 +180,17 @@ class RuntimeGatedConv2d(nn.Module):
             )
         self.keep_ratio = float(values) if values.dim() == 0 else values
 
+    def check_batch(self, x: torch.Tensor) -> None:
+        """``ValueError`` when per-input keep ratios were set for a batch of another size than ``x``'s."""
+        if isinstance(self.keep_ratio, torch.Tensor) and self.keep_ratio.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{self.layer_name}: {self.keep_ratio.shape[0]} per-input keep ratios for a batch of {x.shape[0]}"
+            )
+
+    def runtime_importance(self, x: torch.Tensor) -> torch.Tensor:
+        """``FC(GAP(x))``: runtime importance ``[N, C_out]`` (predictor dtype) of input ``x`` ``[N, C_in, H, W]``."""
+        return self.predictor(x.mean(dim=(2, 3)).to(self.predictor.weight.dtype))
+
     def masks(self, runtime: torch.Tensor) -> torch.Tensor:
         """Bool ``[N, C_out]`` kept channels for runtime importances ``runtime`` ``[N, C_out]``."""
         n, channels = runtime.shape
@@ -190,10 +202,7 @@ class RuntimeGatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_conv_input(self.layer_name, x, self.in_channels, self.conv.weight.dtype)
-        if isinstance(self.keep_ratio, torch.Tensor) and self.keep_ratio.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"{self.layer_name}: {self.keep_ratio.shape[0]} per-input keep ratios for a batch of {x.shape[0]}"
-            )
+        self.check_batch(x)
         self.last_active_inputs = x.detach().abs().amax(dim=(2, 3)) > 0
         y = self.conv(x)
         if self.bn is not None:
@@ -202,7 +211,7 @@ class RuntimeGatedConv2d(nn.Module):
         if self.force_open:
             self.last_masks = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
             return y
-        runtime = self.predictor(x.mean(dim=(2, 3)).to(self.predictor.weight.dtype))
+        runtime = self.runtime_importance(x)
         mask = self.masks(runtime)
         squashed = torch.sigmoid(unified_importance(runtime, self.static_importance))
         scale = mask.to(squashed.dtype) * (1 + (squashed - squashed.detach()))  # exactly 1 forward
