@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .data import DatasetError
 from .demo import DemoConfig, run_demo
 from .demo_seeds import check_seeds, run_demo_seeds
 from .prune import CRITERIA
@@ -99,9 +100,14 @@ _RL_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--teacher-epochs", "teacher_epochs", int, "epochs of dense teacher training"),
     ("--num-train", "num_train", int, "built-in training images"),
     ("--num-test", "num_test", int, "built-in test images"),
-    ("--image-size", "image_size", int, "image side in pixels"),
+    ("--image-size", "image_size", int, "image side in pixels (None: 24 for the built-in data, the data's own otherwise)"),
     ("--width", "width", int, "ResNet-20 base width"),
     ("--seed", "seed", int, "seed of data, initialisation, budgets and training order"),
+    ("--data", "data", str, "synthetic (built in), cifar10 or imagefolder"),
+    ("--root", "root", Path, "dataset folder for cifar10 / imagefolder"),
+    ("--param-budget", "param_budget", float,
+     "static policy: keep this fraction of the parameters, removing channels for storage (None: no static pruning)"),
+    ("--static-updates", "static_updates", int, "PPO updates of the static policy"),
     ("--channel-group", "channel_group", int, "kept channel counts are multiples of this"),
     ("--rounds", "rounds", int, "rounds of policy training followed by fine-tuning"),
     ("--policy-updates", "policy_updates", int, "PPO updates per round (one batch each)"),
@@ -139,7 +145,10 @@ def run_train_rl_command(args: argparse.Namespace) -> None:
         for flag, field, _, _ in (*_RL_FLAGS, ("--budgets", "budgets", str, "")):
             message = message.replace(f"RLConfig.{field} ", f"{flag} ")
         raise SystemExit(f"gating train-rl: {message}") from None
-    run_train_rl(config)
+    try:
+        run_train_rl(config)
+    except DatasetError as error:
+        raise SystemExit(f"gating train-rl: {error}") from None
 
 
 def _add_prune_parser(commands: argparse._SubParsersAction) -> None:

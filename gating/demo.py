@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from kernels import GateSpec
@@ -42,7 +41,7 @@ from .accounting import Report
 from .recorder import count_model
 from .config import GateConfig
 from .distill import Trainer, TrainConfig, teacher_recipe, train_teacher, with_teacher_logits
-from .measurement import calibration_batch, measure
+from .measurement import calibration_batch, measure, saved_sizes
 from .model import GatedModel
 from .models import BasicBlock, resnet20
 from .prune import PruneConfig, hold_zero_kernels, prune
@@ -290,7 +289,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "macs_dense": report.macs_dense,
         "macs_executed": report.macs_executed,
         "macs_reduction": teacher_macs / report.macs_executed,
-        **_storage(teacher, student, config.out),
+        **saved_sizes({"teacher": teacher, "student": student}, config.out),
         "pruning": None if pruning is None else {
             "criterion": config.prune_criterion,
             "ratio": config.prune_ratio,
@@ -312,18 +311,6 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "device": str(device),
     }
     return io.publish_results(results, config.out / "results.json", started, summary(results, report))
-
-
-def _storage(teacher: nn.Module, student: GatedModel, out: Path) -> dict[str, int]:
-    """Parameters, parameter bytes and bytes on disk (``gating.save`` folders in ``out``) of both models."""
-    sizes = {}
-    for role, model in (("teacher", teacher), ("student", student)):
-        folder = io.save(model, out / f"{role}_model", overwrite=True)
-        params = list(model.parameters())
-        sizes[f"{role}_params"] = sum(p.numel() for p in params)
-        sizes[f"{role}_param_bytes"] = sum(p.numel() * p.element_size() for p in params)
-        sizes[f"{role}_disk_bytes"] = io.disk_bytes(folder)
-    return sizes
 
 
 def summary(results: dict[str, Any], report: Report) -> str:

@@ -10,6 +10,7 @@ the decisions or masks the gate made; ``report()`` turns the calls into a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -53,21 +54,21 @@ class CallRecorder:
             if isinstance(module, RuntimeGatedConv2d):
                 inside_runtime_gates.append(name + ".")
             if isinstance(module, COUNTED_TYPES):
-                self._handles.append(module.register_forward_hook(self._hook(name or type(module).__name__)))
+                # A bound method (not a closure): ``copy.deepcopy`` of the model then hooks the copy's recorder.
+                self._handles.append(module.register_forward_hook(functools.partial(self._record, name or type(module).__name__)))
 
-    def _hook(self, name: str):
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            x = args[0]
-            decisions = active = None
-            if isinstance(module, ChannelGatedConv2d) and not module.last_forced_open:
-                decisions = module.last_decisions
-            if isinstance(module, RuntimeGatedConv2d):
-                decisions, active = module.last_masks, module.last_active_inputs
-            self.calls.append(
-                RecordedCall(name, module, x.shape, output.shape, output.element_size(), decisions, active)
-            )
+    def _record(self, name: str, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        x = args[0]
+        decisions = active = None
+        if isinstance(module, ChannelGatedConv2d) and not module.last_forced_open:
+            decisions = module.last_decisions
+        if isinstance(module, RuntimeGatedConv2d):
+            decisions, active = module.last_masks, module.last_active_inputs
+        self.calls.append(RecordedCall(name, module, x.shape, output.shape, output.element_size(), decisions, active))
 
-        return record
+    def __getstate__(self) -> dict:
+        # A copy (``copy.deepcopy`` of the model) starts without calls: they hold the original's modules and tensors.
+        return {**self.__dict__, "calls": []}
 
     def clear(self) -> None:
         self.calls.clear()

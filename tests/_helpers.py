@@ -185,3 +185,18 @@ def compile_for_hopper(
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return [line == "True" for line in done.stdout.split()]
+
+
+def fake_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "eel")) -> Path:
+    """Write ``root/{train,val}/<class>/{0,1}.png``: two random 20x28 RGB images per class and split."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                pixels = rng.integers(0, 256, size=(20, 28, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root

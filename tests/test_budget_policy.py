@@ -97,3 +97,37 @@ def test_controller_notices_gates_run_out_of_order():
     with pytest.raises(RuntimeError, match="registration order"):
         model(torch.randn(1, 3, 8, 8))
     controller.remove()
+
+
+def test_calibrate_maps_budgets_so_executed_macs_meet_them():
+    torch.manual_seed(0)
+    model = GatedModel(resnet20(width=16), GateConfig(kind="runtime", channel_group=1)).eval()  # fine steps
+    policy = _policy(model)
+    with torch.no_grad():  # a policy that overspends: keep ratio = budget + 0.3
+        policy.mean_head.bias.fill_(0.3)
+    controller = BudgetController(model, policy)
+    inputs = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    controller.budget = 0.5
+    with torch.no_grad():
+        model(inputs)
+    assert model.executed_macs_ratio() > 0.55  # uncalibrated: well over budget
+    controller.calibrate(inputs, points=5, low=0.2, steps=10)
+    asked, given = controller.budget_map
+    assert torch.equal(asked, torch.linspace(0.2, 1.0, 5, dtype=torch.float64))
+    assert bool((given[1:] >= given[:-1]).all())  # monotone
+    for budget in (0.4, 0.5, 0.7, 0.8):  # grid points and in-between budgets (interpolated)
+        controller.budget = budget
+        with torch.no_grad():
+            model(inputs)
+        assert budget - 0.05 <= model.executed_macs_ratio() <= budget + 0.01
+    # The map reproduces a grid point exactly.
+    torch.testing.assert_close(controller.policy_budget(asked[2:3]), given[2:3])
+    controller.remove()
+
+
+def test_calibrate_refuses_bad_arguments():
+    model = _model()
+    controller = BudgetController(model, _policy(model))
+    with pytest.raises(ValueError, match="points >= 2"):
+        controller.calibrate(torch.randn(2, 3, 16, 16), points=1)
+    controller.remove()

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from gating import data
 from gating.data import DatasetError, EpochSampler
+
+from _helpers import fake_image_folder
 
 # --------------------------------------------------------------------------
 # Synthetic shapes
@@ -293,19 +294,8 @@ def test_build_loaders_cifar10_subset(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-def _fake_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "eel")) -> Path:
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for name in classes:
-            (root / split / name).mkdir(parents=True)
-            for i in range(2):
-                pixels = rng.integers(0, 256, size=(20, 28, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-    return root
-
-
 def test_image_folder_loads_pngs(tmp_path: Path) -> None:
-    root = _fake_image_folder(tmp_path)
+    root = fake_image_folder(tmp_path)
     ds = data.image_folder(root, train=False, image_size=16)
     assert ds.classes == ["cat", "dog", "eel"] and len(ds) == 6
     image, label = ds[5]
@@ -335,7 +325,7 @@ def test_image_folder_classes_without_images(tmp_path: Path) -> None:
 
 
 def test_build_loaders_imagefolder(tmp_path: Path) -> None:
-    root = _fake_image_folder(tmp_path)
+    root = fake_image_folder(tmp_path)
     train, test, num_classes = data.build_loaders("imagefolder", root, batch_size=4, image_size=24)
     images, labels = next(iter(test))
     assert num_classes == 3 and len(train.dataset) == 6
@@ -343,7 +333,7 @@ def test_build_loaders_imagefolder(tmp_path: Path) -> None:
 
 
 def test_build_loaders_imagefolder_rejects_mismatched_classes(tmp_path: Path) -> None:
-    root = _fake_image_folder(tmp_path)
+    root = fake_image_folder(tmp_path)
     (root / "val" / "eel").rename(root / "val" / "emu")
     with pytest.raises(DatasetError, match="class folders differ"):
         data.build_loaders("imagefolder", root, image_size=24)

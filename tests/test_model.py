@@ -1,5 +1,6 @@
 """GatedModel: conversion rules, open_gates parity, losses, stats and state_dict."""
 
+import contextlib
 import copy
 import warnings
 
@@ -269,3 +270,25 @@ def test_gate_config_types_and_values():
         GateConfig(gate_group=2.0)
     with pytest.raises(ValueError, match="GateConfig.gate_group must be a positive int"):
         GateConfig(gate_group=0)
+
+
+@pytest.mark.parametrize("kind", ["partial_sum", "runtime"])
+def test_a_deep_copy_records_its_own_calls(kind):
+    torch.manual_seed(0)
+    model = GatedModel(resnet20(width=8), GateConfig(kind=kind, channel_group=4) if kind == "runtime"
+                       else GateConfig()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        model(x)
+    calls = len(model._recorder.calls)
+    copied = copy.deepcopy(model)
+    if kind == "runtime":
+        copied.set_keep_ratio(0.25)
+    with torch.no_grad(), (contextlib.nullcontext() if kind == "runtime" else copied.open_gates()):
+        copied(x)
+    # The copy's hooks feed the copy's recorder; the original's calls are untouched.
+    assert len(model._recorder.calls) == calls
+    assert len(copied._recorder.calls) == calls
+    copied_modules = set(map(id, copied.modules()))
+    assert all(id(call.module) in copied_modules for call in copied._recorder.calls)
+    assert copied.report().macs_executed != model.report().macs_executed

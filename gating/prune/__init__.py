@@ -2,7 +2,9 @@
 
 * :func:`dependency_groups`: the channels that must go together (``groups``).
 * :func:`prune` with a :class:`PruneConfig`: score, select and remove
-  channels in place; returns a :class:`PruneResult` (``plan``).
+  channels in place; returns a :class:`PruneResult` (``plan``);
+  :func:`keep_for_ratios`: the kept channels for a fraction per group (what
+  a static policy chooses).
 * :func:`slimming_penalty`: the network-slimming L1 term on BatchNorm scales;
   :func:`kernel_l1_penalty`, :func:`zero_weak_kernels`,
   :func:`hold_zero_kernels`: kernel-level sparsity of the multi-granularity
@@ -17,6 +19,7 @@ from .criteria import (
     kernel_l1_penalty,
     similar_representatives,
     slimming_penalty,
+    static_scores,
     zero_weak_kernels,
 )
 from .groups import (
@@ -28,7 +31,7 @@ from .groups import (
     following_batchnorms,
     traced_network,
 )
-from .plan import PruneConfig, PruneResult, Size, measure, prune
+from .plan import PruneConfig, PruneResult, Size, keep_for_ratios, measure, prune
 from .surgery import apply_cuts, module_cuts, replay_cuts
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "dependency_groups",
     "following_batchnorms",
     "hold_zero_kernels",
+    "keep_for_ratios",
     "kernel_l1_penalty",
     "measure",
     "module_cuts",
@@ -51,6 +55,7 @@ __all__ = [
     "replay_cuts",
     "similar_representatives",
     "slimming_penalty",
+    "static_scores",
     "traced_network",
     "zero_weak_kernels",
 ]

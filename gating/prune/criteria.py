@@ -19,6 +19,11 @@ and kept whole (``docs/design.md#static-pruning``):
   kernels ``W[o, i]`` are zeroed instead (:func:`zero_weak_kernels`), which
   :func:`gating.save` stores compactly. Train first with
   :func:`kernel_l1_penalty`, an adaptive L1 on the kernels.
+* ``"static"``: the learned static importance of the runtime gates
+  (``RuntimeGatedConv2d.static_importance``) that produce the group's
+  channels, averaged over them: channels the runtime gates rank last for
+  every input go first (issue 9's storage saving). Groups without a runtime
+  gate among their producers are not scored.
 * ``"similarity"``: not a score but a selection (:func:`similar_representatives`):
   channels are clustered hierarchically by the cosine distance of their
   filters (``source="weights"``) or of their feature maps on a calibration
@@ -37,7 +42,7 @@ from torch import nn
 
 from .groups import DependencyGroup, Member
 
-CRITERIA = ("l1", "slimming", "similarity", "gate", "multigranularity")
+CRITERIA = ("l1", "slimming", "similarity", "gate", "multigranularity", "static")
 
 
 def slimming_penalty(model: nn.Module) -> torch.Tensor:
@@ -175,6 +180,16 @@ def slimming_scores(model: nn.Module, groups: list[DependencyGroup]) -> dict[int
         return None
 
     return _mean_over_members(model, groups, gamma)
+
+
+def static_scores(model: nn.Module, groups: list[DependencyGroup]) -> dict[int, torch.Tensor]:
+    """``"static"``: per prunable group with runtime-gated producers, their mean static importance."""
+
+    def importance(member: Member, module: nn.Module) -> torch.Tensor | None:
+        value = getattr(module, "static_importance", None)
+        return value.detach() if member.role == "out" and isinstance(value, torch.Tensor) else None
+
+    return _mean_over_members(model, groups, importance)
 
 
 @torch.no_grad()

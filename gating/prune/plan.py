@@ -15,7 +15,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -34,8 +34,8 @@ class PruneConfig:
     """How much to prune and by which criterion; invalid values raise ``ValueError`` naming the field.
 
     Attributes:
-        criterion: ``"l1"``, ``"slimming"``, ``"similarity"``, ``"gate"`` or
-            ``"multigranularity"`` (:mod:`gating.prune.criteria`; the last
+        criterion: ``"l1"``, ``"slimming"``, ``"similarity"``, ``"gate"``,
+            ``"static"`` or ``"multigranularity"`` (:mod:`gating.prune.criteria`; the last
             takes a ``ratio``, used for channels and for kernels alike).
         ratio: fraction of the scored channels to remove, in ``[0, 1)``.
         flops: instead of ``ratio``: keep at most this fraction of the MACs (in ``(0, 1]``).
@@ -195,6 +195,22 @@ def select_counts(
     return counts, floored
 
 
+def keep_for_ratios(
+    model: nn.Module, groups: list[DependencyGroup], scores: Mapping[int, torch.Tensor], ratios: Mapping[int, float],
+    round_to: int = 8, max_ratio: float = 0.9,
+) -> dict[int, torch.Tensor]:
+    """Channels to keep (sorted int64 indices) per group for a kept fraction per group (``ratios``, group index ->
+    fraction in [0, 1]): the highest ``scores``, their count rounded as :class:`PruneConfig` rounds it
+    (``round_to``, the gated producer's group size, ``max_ratio``). Groups absent from ``ratios`` stay whole."""
+    by_index = {g.index: g for g in groups}
+    counts = {}
+    for index, fraction in ratios.items():
+        group = by_index[index]
+        wanted = math.ceil(float(fraction) * group.channels - 1e-9)
+        counts[index] = _kept_count(wanted, group.channels, _round_to(model, group, round_to), max_ratio)[0]
+    return _keep_top(dict(scores), counts)
+
+
 def _keep_top(scores: dict[int, torch.Tensor], counts: dict[int, int]) -> dict[int, torch.Tensor]:
     keep = {}
     for index, count in counts.items():
@@ -216,6 +232,8 @@ def _scores(model: nn.Module, groups: list[DependencyGroup], config: PruneConfig
         return crit.l1_scores(model, [g for g in groups if not _coupled(g)])
     if config.criterion == "slimming":
         return crit.slimming_scores(model, groups)
+    if config.criterion == "static":
+        return crit.static_scores(model, groups)
     if calibration is None:
         raise ValueError("prune: the 'gate' criterion needs calibration inputs (calibration=...)")
     return crit.gate_scores(model, groups, calibration)

@@ -67,9 +67,11 @@ class BudgetPolicy(nn.Module):
         budget = states[:, 1:2]
         h_prev = states[:, 2 : 2 + self.hidden]
         pooled = states[:, 2 + self.hidden :]
-        # Every layer's encoder on every row in one product, then each row's own block.
-        every = pooled @ self.encoder_weight.flatten(0, 1).T  # [M, L * hidden]
-        own = every.view(-1, len(self.in_channels), self.hidden)[torch.arange(len(layer)), layer]
+        if bool((layer == layer[0]).all()):  # one layer (every forward-pass step): its own encoder only
+            own = pooled @ self.encoder_weight[layer[0]].T
+        else:  # a PPO minibatch mixing layers: every encoder on every row in one product, then each row's block
+            every = pooled @ self.encoder_weight.flatten(0, 1).T  # [M, L * hidden]
+            own = every.view(-1, len(self.in_channels), self.hidden)[torch.arange(len(layer)), layer]
         encoded = torch.relu(own + self.encoder_bias[layer])
         position = (layer.to(states.dtype) / len(self.in_channels))[:, None]
         return self.rnn(torch.cat([encoded, budget, position], dim=1), h_prev)
@@ -95,7 +97,10 @@ class BudgetController:
     ``budget_range = (low, high)`` to draw each input's budget uniformly in
     every forward of a model in training mode (fine-tuning the network under
     the policy); with ``sample=True`` actions are drawn (policy training),
-    else the mean is used.
+    else the mean is used. After :meth:`calibrate`, a requested budget goes
+    through the measured ``budget_map`` before the policy sees it (not while
+    sampling or drawing budgets, which train the policy and the network on
+    the policy's own budget scale).
     After a forward, ``transitions`` holds ``(state, action, log_prob,
     value)`` per step in order, for the inputs of that forward.
     """
@@ -110,6 +115,7 @@ class BudgetController:
         self.model, self.policy = model, policy
         self.budget: float | torch.Tensor = 1.0
         self.budget_range: tuple[float, float] | None = None
+        self.budget_map: tuple[torch.Tensor, torch.Tensor] | None = None
         self.generator = torch.Generator().manual_seed(0)
         self.sample = False
         self.transitions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -132,6 +138,8 @@ class BudgetController:
                 low, high = self.budget_range
                 self.budget = low + (high - low) * torch.rand(n, generator=self.generator)
             budget = torch.as_tensor(self.budget, dtype=torch.float32, device=x.device).expand(n)
+            if not self.sample and not (self.budget_range is not None and self.model.training):
+                budget = self.policy_budget(budget)
             pooled = x.detach().mean(dim=(2, 3)).float()
             if not bool(torch.isfinite(pooled).all()):
                 raise FloatingPointError(f"BudgetController: non-finite activations reach runtime gate {index} "
@@ -145,6 +153,59 @@ class BudgetController:
             layer.set_keep_ratio(action.squeeze(1).double().clamp(MIN_KEEP, 1.0).to(x.device))
 
         return set_keep
+
+    def policy_budget(self, budget: torch.Tensor) -> torch.Tensor:
+        """The budget the policy is conditioned on for requested ``budget`` ``[N]``: itself, or through the map
+        :meth:`calibrate` measured (piecewise linear between its points)."""
+        if self.budget_map is None:
+            return budget
+        asked, given = (t.to(budget.device, budget.dtype) for t in self.budget_map)
+        index = torch.searchsorted(asked, budget.contiguous()).clamp(1, len(asked) - 1)
+        low, high = asked[index - 1], asked[index]
+        weight = ((budget - low) / (high - low)).clamp(0.0, 1.0)
+        return given[index - 1] + weight * (given[index] - given[index - 1])
+
+    @torch.no_grad()
+    def calibrate(self, inputs: torch.Tensor, points: int = 10, low: float = 0.1, steps: int = 12) -> None:
+        """Map requested budgets to the budgets the policy is given so that the executed-MAC ratio on ``inputs``
+        (eval mode) meets them.
+
+        A trained policy meets its budget only on the network it was trained
+        on; fine-tuning after it (or a budget range it saw rarely) shifts the
+        executed MACs. For ``points`` budgets evenly spaced over ``[low, 1]``
+        this finds, by bisection over ``steps`` halvings, the largest policy
+        budget whose measured ratio does not exceed the requested one, and
+        keeps the piecewise-linear map (``budget_map``); budgets between the
+        points are interpolated, the fixed-schedule counterpart is
+        ``GatedModel.set_budget``. The model's training mode is kept.
+        """
+        if self.budget_range is not None and self.model.training:
+            raise RuntimeError("BudgetController.calibrate: set budget_range to None first (it draws budgets)")
+        if not (isinstance(points, int) and points >= 2 and 0 < low < 1 and isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"BudgetController.calibrate: needs points >= 2, 0 < low < 1 and steps >= 1, got "
+                             f"points={points!r}, low={low!r}, steps={steps!r}")
+        was_training, saved = self.model.training, (self.budget, self.budget_map)
+        self.model.eval()
+        self.budget_map = None
+        asked = torch.linspace(low, 1.0, points, dtype=torch.float64)
+        given = []
+        try:
+            for target in asked.tolist():
+                lo, hi, best = 0.0, 1.5, 0.0
+                for _ in range(steps):
+                    mid = (lo + hi) / 2
+                    self.budget = mid
+                    self.model(inputs)
+                    if self.model.executed_macs_ratio() <= target:
+                        lo = best = mid
+                    else:
+                        hi = mid
+                given.append(best)
+        finally:
+            self.budget = saved[0]
+            self.model.train(was_training)
+        # Monotone: a larger request never gets a smaller policy budget.
+        self.budget_map = (asked, torch.cummax(torch.tensor(given, dtype=torch.float64), dim=0).values)
 
     def remove(self) -> None:
         """Remove the hooks (the layers keep their last keep ratios)."""

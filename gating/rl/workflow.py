@@ -1,37 +1,61 @@
-"""``python -m gating train-rl``: a runtime-gated student with a budget policy, on the built-in data.
+"""``python -m gating train-rl``: a runtime-gated student with a budget policy (and optionally a static one).
 
 :func:`run_train_rl` trains a dense ResNet-20 teacher (as the demo does),
 wraps a copy with runtime gates (``GateConfig(kind="runtime")``), then for
 ``rounds`` rounds trains the budget policy with PPO (:func:`train_policy`,
 network frozen) and fine-tunes the network and its importances under the
 policy by distillation from the teacher (``gating.distill.Trainer``, each
-input's budget drawn from the training range). It measures, for every
-budget of ``budgets``, test accuracy and executed-MAC ratio with the policy
-and with the fixed schedule (``GatedModel.set_budget``: one keep ratio in
-every layer), and writes ``OUT/results.json``. Checkpoints of the teacher,
-and of the student and the policy after each round, let ``resume`` continue.
+input's budget drawn from the training range). With ``param_budget``, the
+static policy (:mod:`gating.rl.static`) removes, before round
+:data:`STATIC_ROUND`, the channels the trained static importance ranks last
+for that fraction of the parameters, and a new budget policy is trained for
+the smaller network. At the end the budget policy's map from requested to
+given budgets is calibrated on training images
+(:meth:`BudgetController.calibrate`); it measures, for every budget of
+``budgets``, test accuracy and executed-MAC ratio with the policy and with
+the fixed schedule (``GatedModel.set_budget``: one keep ratio in every
+layer, set on the same training images), saves both models with
+``gating.save`` (``OUT/teacher_model``, ``OUT/student_model``) and writes
+``OUT/results.json`` (with parameters and bytes on disk of both). The data
+is the built-in set, or CIFAR-10 / an ImageFolder from a local folder.
+Checkpoints of the teacher, and of the student and the policy after each
+round (and the static choice, ``OUT/static.json``), let ``resume``
+continue.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import data, io
 from ..config import GateConfig
 from ..distill import Trainer, TrainConfig, teacher_recipe, train_teacher
-from ..measurement import calibration_batch, measure
+from ..prune import PruneConfig, prune
+from ..prune.criteria import eval_forward
+from ..measurement import calibration_batch, measure, saved_sizes
 from ..model import GatedModel
 from .policy import BudgetController, BudgetPolicy
+from .static import StaticPolicyConfig, prune_static, search_static_ratios
 from .train import PolicyTrainConfig, train_policy
 
 __all__ = ["RLConfig", "run_train_rl", "table"]
+
+STATIC_ROUND = 1
+"""With ``param_budget``, channels are removed before this round (the static importance trained in the earlier ones)."""
+
+SYNTHETIC_IMAGE_SIZE = 24
+"""Image side of the built-in data when ``RLConfig.image_size`` is None (other data: its loader's default)."""
 
 
 @dataclass
@@ -42,14 +66,14 @@ class RLConfig:
     teacher_epochs: int = 5
     num_train: int = 6000
     num_test: int = 2000
-    image_size: int = 24
+    image_size: int | None = None
     batch_size: int = 128
     width: int = 16
     seed: int = 0
     channel_group: int = 4
-    rounds: int = 2
+    rounds: int = 3
     policy_updates: int = 40
-    finetune_epochs: int = 1
+    finetune_epochs: int = 2
     student_lr: float = 0.02
     budget_low: float = 0.2
     budget_high: float = 1.0
@@ -59,12 +83,19 @@ class RLConfig:
     resume: bool = False
     policy_batch_size: int = 64
     hidden: int = 32
+    data: str = "synthetic"
+    root: Path | None = None
+    param_budget: float | None = None
+    static_updates: int = 20
+    static_episodes: int = 8
+    static_images: int = 128
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.budgets = tuple(float(b) for b in self.budgets)
         for name in ("teacher_epochs", "num_train", "num_test", "batch_size", "width", "channel_group", "rounds",
-                     "policy_updates", "finetune_epochs", "calibration_images", "policy_batch_size", "hidden"):
+                     "policy_updates", "finetune_epochs", "calibration_images", "policy_batch_size", "hidden",
+                     "static_updates", "static_episodes", "static_images"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RLConfig.{name} must be an int >= 1, got {value!r}")
@@ -73,6 +104,28 @@ class RLConfig:
         if not self.student_lr > 0:
             raise ValueError(f"RLConfig.student_lr must be > 0, got {self.student_lr!r}")
         self.policy_config()  # checks the budget range
+        if self.data not in data.DATASETS:
+            raise ValueError(f"RLConfig.data must be one of {data.DATASETS}, got {self.data!r}")
+        if self.data != "synthetic" and self.root is None:
+            raise ValueError(f"RLConfig.root must name the {self.data} folder (data={self.data!r})")
+        if self.root is not None:
+            self.root = Path(self.root)
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 8):
+            raise ValueError(f"RLConfig.image_size must be an int >= 8 or None, got {self.image_size!r}")
+        if self.param_budget is not None:
+            self.static_config()  # checks the parameter budget
+            if self.rounds <= STATIC_ROUND:
+                raise ValueError(f"RLConfig.rounds must be > {STATIC_ROUND} with a param_budget (the static pruning "
+                                 f"happens before round {STATIC_ROUND}), got {self.rounds}")
+
+    def static_config(self) -> StaticPolicyConfig:
+        """The static policy's search (``param_budget`` must be set)."""
+        try:
+            return StaticPolicyConfig(param_budget=self.param_budget, updates=self.static_updates,
+                                      episodes=self.static_episodes, seed=self.seed, progress=self.progress)
+        except ValueError as error:
+            raise ValueError(str(error).replace("StaticPolicyConfig.", "RLConfig.")) from None
 
     def policy_config(self) -> PolicyTrainConfig:
         return PolicyTrainConfig(updates=self.policy_updates, budget_low=self.budget_low, budget_high=self.budget_high,
@@ -81,19 +134,22 @@ class RLConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["out"], out["budgets"] = str(self.out), list(self.budgets)
+        out["root"] = None if self.root is None else str(self.root)
         return out
 
 
 def run_train_rl(config: RLConfig) -> dict[str, Any]:
     """Run the workflow of the module docstring; returns what it writes to ``results.json``."""
     started = time.perf_counter()
-    config.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
+    image_size = config.image_size or (SYNTHETIC_IMAGE_SIZE if config.data == "synthetic" else None)
     train_loader, test_loader, classes = data.build_loaders(
-        "synthetic", batch_size=config.batch_size, num_train=config.num_train, num_test=config.num_test,
-        image_size=config.image_size, seed=config.seed,
+        config.data, root=config.root, batch_size=config.batch_size, num_train=config.num_train,
+        num_test=config.num_test, image_size=image_size, seed=config.seed,
     )
-    print(f"[1/3] teacher: ResNet-20 (width {config.width}) on {config.num_train} built-in images", flush=True)
+    config.out.mkdir(parents=True, exist_ok=True)
+    source = "built-in" if config.data == "synthetic" else f"{config.data} ({config.root})"
+    print(f"[1/3] teacher: ResNet-20 (width {config.width}) on {len(train_loader.dataset)} {source} images", flush=True)
     teacher = io.build("resnet20", num_classes=classes, width=config.width)
     device = train_teacher(teacher, train_loader, test_loader,
                            teacher_recipe(config.teacher_epochs, seed=config.seed, progress=config.progress),
@@ -101,11 +157,20 @@ def run_train_rl(config: RLConfig) -> dict[str, Any]:
 
     print(f"[2/3] student: runtime gates, {config.rounds} rounds of policy training and fine-tuning", flush=True)
     student = GatedModel(teacher, GateConfig(kind="runtime", channel_group=config.channel_group)).to(device)
+    static = None
     policy = BudgetPolicy([layer.in_channels for layer in student.gated_layers().values()], config.hidden).to(device)
     controller = BudgetController(student, policy)
     policy_loader = DataLoader(train_loader.dataset, batch_size=config.policy_batch_size,
                                sampler=data.EpochSampler(len(train_loader.dataset), config.seed))
     for round_index in range(config.rounds):
+        if round_index == STATIC_ROUND and config.param_budget is not None:
+            # The static importance has trained for a round: remove what it ranks last, then a new policy
+            # for the smaller layers (the old one's encoders no longer fit them).
+            controller.remove()
+            static = _static_pruning(student, train_loader, config, device)
+            policy = BudgetPolicy([layer.in_channels for layer in student.gated_layers().values()],
+                                  config.hidden).to(device)
+            controller = BudgetController(student, policy)
         policy_file = config.out / f"policy-round{round_index}.pt"
         student_file = config.out / f"student-round{round_index}.ckpt"
         if config.resume and policy_file.is_file() and student_file.is_file():
@@ -122,24 +187,78 @@ def run_train_rl(config: RLConfig) -> dict[str, Any]:
 
     print("[3/3] measuring every budget on the test set, policy and fixed schedule", flush=True)
     teacher_accuracy, _ = measure(teacher, test_loader, device)
+    calibration = calibration_batch(train_loader, config.calibration_images, device)
+    controller.calibrate(calibration)
     per_budget = {}
     for budget in config.budgets:
         controller.budget = budget
         accuracy, ratio = _measured_ratio(student, test_loader, device)
         per_budget[str(budget)] = {"policy": {"accuracy": accuracy, "macs_ratio": ratio}}
+    budget_map = [[float(a), float(b)] for a, b in zip(*controller.budget_map)]
     controller.remove()
-    calibration = calibration_batch(train_loader, config.calibration_images, device)
     for budget in config.budgets:
         keep = student.set_budget(budget, calibration)
         accuracy, ratio = _measured_ratio(student, test_loader, device)
         per_budget[str(budget)]["fixed"] = {"accuracy": accuracy, "macs_ratio": ratio, "keep_ratio": keep}
+    student.set_keep_ratio(1.0)
     results = {
         "teacher_accuracy": teacher_accuracy,
         "budgets": per_budget,
+        "budget_map": budget_map,
+        "static_pruning": static,
+        "storage": saved_sizes({"teacher": teacher, "student": student}, config.out),
         "config": config.to_dict(),
         "device": str(device),
     }
     return io.publish_results(results, config.out / "results.json", started, table(results))
+
+
+def _static_pruning(student: GatedModel, loader: DataLoader, config: RLConfig, device: torch.device) -> dict[str, Any]:
+    """Search per-layer static ratios for ``config.param_budget`` and remove the channels (module docstring).
+
+    The search's choice is kept in ``OUT/static.json`` so that ``resume``
+    replays the same cuts before loading the fine-tuned checkpoints. Returns
+    what ``results.json`` records: the kept fraction per group, the measured
+    parameter ratio and calibration loss of the policy's choice and of one
+    global threshold on the static importance at the same budget.
+    """
+    record_file = config.out / "static.json"
+    example = loader.dataset[0][0][None].to(device)
+    student.set_keep_ratio(1.0)  # the budget policy's per-input ratios of its last batch no longer apply
+    if config.resume and record_file.is_file():
+        record = json.loads(record_file.read_text())
+    else:
+        count = min(config.static_images, len(loader.dataset))
+        inputs = calibration_batch(loader, count, device)
+        targets = torch.tensor([int(loader.dataset[i][1]) for i in range(count)], device=device)
+        print(f"      static policy: per-layer ratios for {config.param_budget} of the parameters", flush=True)
+        search = search_static_ratios(student, example, inputs, targets, config.static_config())
+        baseline = copy.deepcopy(student)
+        with warnings.catch_warnings():  # a comparison only: its round_to floors are not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            prune(baseline, example, PruneConfig(criterion="static", params=config.param_budget))
+        with torch.no_grad():
+            baseline_loss = F.cross_entropy(eval_forward(baseline, inputs), targets).item()
+        total = sum(p.numel() for p in student.parameters())
+        record = {
+            "param_budget": config.param_budget,
+            "ratios": {str(k): v for k, v in search.ratios.items()},
+            "keep": {str(k): v.tolist() for k, v in search.keep.items()},
+            "param_ratio": search.param_ratio,
+            "calibration_loss": search.loss,
+            "unpruned_calibration_loss": search.baseline_loss,
+            "uniform": {"fraction": search.uniform_fraction, "calibration_loss": search.uniform_loss},
+            "chosen": search.chosen,
+            "global_threshold": {"param_ratio": sum(p.numel() for p in baseline.parameters()) / total,
+                                 "calibration_loss": baseline_loss},
+        }
+        io.atomic_write_json(record, record_file)
+    prune_static(student, example, {int(k): torch.tensor(v, dtype=torch.int64) for k, v in record["keep"].items()})
+    print(f"      removed channels ({record['chosen']}): {record['param_ratio']:.3f} of the parameters stay (calibration loss "
+          f"{record['calibration_loss']:.3f}; one fraction everywhere: {record['uniform']['calibration_loss']:.3f}; "
+          f"one global threshold: {record['global_threshold']['calibration_loss']:.3f})",
+          flush=True)
+    return record
 
 
 def _measured_ratio(model: GatedModel, loader: DataLoader, device: torch.device) -> tuple[float, float]:
