@@ -91,6 +91,11 @@ def test_per_input_keep_ratios_and_bad_values():
         layer(torch.randn(3, 8, 5, 5))
     with pytest.raises(ValueError, match=r"channel_group must be an int in \[1, 16\]"):
         RuntimeGatedConv2d(nn.Conv2d(8, 16, 3), channel_group=32)
+    with pytest.raises(ValueError, match="channel_group 8 does not divide the 12 output channels"):
+        RuntimeGatedConv2d(nn.Conv2d(8, 12, 3), channel_group=8)
+    odd = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 12, 3))
+    with pytest.raises(ValueError, match="cannot gate '2': RuntimeGatedConv2d: channel_group 8 does not divide"):
+        GatedModel(odd, GateConfig(kind="runtime", channel_group=8, skip_stem=False))
 
 
 def test_compounding_macs_by_hand():

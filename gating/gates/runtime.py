@@ -93,7 +93,7 @@ class RuntimeGatedConv2d(nn.Module):
     Build with :meth:`from_conv`. Args:
         conv: the ``nn.Conv2d`` (groups = 1, zero padding) whose weights it keeps.
         bn: the ``nn.BatchNorm2d`` directly after it, or ``None``.
-        channel_group: kept counts are multiples of this (>= 1, at most ``C_out``).
+        channel_group: kept counts are multiples of this (>= 1, dividing ``C_out``).
         pruner: ``"unified"`` or ``"tradeoff"``.
         runtime_ratio: ``R_r`` in [0, 1] for the trade-off pruner.
 
@@ -121,6 +121,11 @@ class RuntimeGatedConv2d(nn.Module):
             raise ValueError(
                 f"RuntimeGatedConv2d: channel_group must be an int in [1, {conv.out_channels}] (the output channels), "
                 f"got {channel_group!r}"
+            )
+        if conv.out_channels % channel_group:
+            raise ValueError(
+                f"RuntimeGatedConv2d: channel_group {channel_group} does not divide the {conv.out_channels} output "
+                "channels (kept counts are whole groups)"
             )
         if pruner not in PRUNERS:
             raise ValueError(f"RuntimeGatedConv2d: pruner must be one of {PRUNERS}, got {pruner!r}")
