@@ -6,7 +6,9 @@ are the flags' defaults) and calls :func:`gating.demo.run_demo`, or
 saved with :func:`gating.save`, prunes it with :func:`gating.prune.prune`
 (a :class:`gating.prune.PruneConfig` built from the flags), prints the
 storage / MAC table and saves the smaller model. A bad value exits with a
-one-line error naming the flag.
+one-line error naming the flag. SIGTERM during training writes a checkpoint
+and exits with status 143 (128 + SIGTERM) and a one-line message;
+``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import DatasetError
+from .distill import TrainingInterrupted
 from .demo import DemoConfig, run_demo
 from .demo_seeds import check_seeds, run_demo_seeds
 from .prune import CRITERIA
+
+SIGTERM_STATUS = 143
+"""Exit status after SIGTERM stopped training (128 + 15, what a shell reports for a process SIGTERM ended)."""
 
 _DEFAULTS = DemoConfig()
 
@@ -238,16 +244,20 @@ def run_prune(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m gating`` / ``gating``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        config = demo_config(args)
-        if args.seeds is not None:
-            run_demo_seeds(config, args.seeds)
-        else:
-            run_demo(config)
-    elif args.command == "prune":
-        run_prune(args)
-    elif args.command == "train-rl":
-        run_train_rl_command(args)
+    try:
+        if args.command == "demo":
+            config = demo_config(args)
+            if args.seeds is not None:
+                run_demo_seeds(config, args.seeds)
+            else:
+                run_demo(config)
+        elif args.command == "prune":
+            run_prune(args)
+        elif args.command == "train-rl":
+            run_train_rl_command(args)
+    except TrainingInterrupted as stopped:
+        print(f"gating {args.command}: {stopped}; run the same command with --resume", file=sys.stderr)
+        return SIGTERM_STATUS
     return 0
 
 

@@ -53,6 +53,13 @@ those of an uninterrupted run; on CPU the final weights are bit-for-bit equal.
 This holds for ``num_workers=0`` loaders and for worker loaders without
 ``persistent_workers``. Skipping reads the consumed batches through the loader
 again (cheap for in-memory data, one partial epoch of loading otherwise).
+
+Stopping: SIGTERM during ``fit`` (in the main thread) lets the step in
+progress finish, writes a checkpoint and raises :class:`TrainingInterrupted`;
+a process killed outright (SIGKILL) resumes from its last checkpoint
+(``TrainConfig.checkpoint_every`` sets how many steps that may be back).
+Checkpoints are written to a temporary file and renamed, so none is ever
+half-written. Both resume bit-for-bit on CPU (``tests/test_crash_safety.py``).
 """
 
 from .batchnorm import recalibrate_batchnorm
@@ -62,12 +69,13 @@ from .losses import feature_kd_loss, kd_loss
 from .schedules import budget_target, cosine_lr_factor
 from .teacher import teacher_recipe, train_teacher
 from .teacher_logits import with_teacher_logits
-from .trainer import Trainer, TrainingDivergedError
+from .trainer import Trainer, TrainingDivergedError, TrainingInterrupted
 
 __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingDivergedError",
+    "TrainingInterrupted",
     "budget_target",
     "cosine_lr_factor",
     "evaluate_classifier",

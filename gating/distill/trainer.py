@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import random
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,41 @@ from .schedules import budget_target, cosine_lr_factor
 __all__ = ["Trainer", "TrainingDivergedError"]
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(Exception):
+    """``fit`` stopped because the process received SIGTERM.
+
+    The step in progress finished and, when the trainer has a
+    ``checkpoint_path``, a checkpoint of it was written first, so
+    ``fit(resume=True)`` in a new process ends in the same state as an
+    uninterrupted run. ``step`` is the global step reached; ``path`` the
+    checkpoint (``None`` without one).
+    """
+
+    def __init__(self, step: int, path: Path | None) -> None:
+        where = f"checkpoint of step {step} written to {path}; resume to continue" if path is not None else (
+            f"stopped after step {step}; no checkpoint path was set, so nothing was saved")
+        super().__init__(f"SIGTERM received: {where}")
+        self.step, self.path = step, path
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[list[bool]]:
+    """While active (main thread only), SIGTERM sets ``flag[0]`` instead of killing the process."""
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def received(signum: int, frame: Any) -> None:
+        flag[0] = True
+
+    previous = signal.signal(signal.SIGTERM, received)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -134,8 +172,12 @@ class Trainer:
                 (counted over the whole run, >= 1), writing a checkpoint first;
                 ``fit(resume=True)`` then carries on.
 
+        SIGTERM during ``fit`` (main thread) lets the step in progress finish,
+        writes a checkpoint and raises :class:`TrainingInterrupted`.
+
         Raises:
             TrainingDivergedError: the loss became NaN or infinite.
+            TrainingInterrupted: the process received SIGTERM.
             CheckpointError: the checkpoint is unusable or does not match this
                 trainer (model, optimizer groups, steps per epoch, config).
             ValueError: ``resume=True`` without a ``checkpoint_path``, or a bad
@@ -151,10 +193,12 @@ class Trainer:
             self.teacher.eval()
         was_training = self.student.training
         try:
-            while self.epoch < self.config.epochs and not self._stop_reached(stop_after_steps):
-                self._train_epoch(rng_after_skip, stop_after_steps)
-                rng_after_skip = None
+            with _sigterm_flag() as self._sigterm:
+                while self.epoch < self.config.epochs and not self._stop_reached(stop_after_steps):
+                    self._train_epoch(rng_after_skip, stop_after_steps)
+                    rng_after_skip = None
         finally:
+            self._sigterm = [False]
             self.student.train(was_training)
         return [dict(record) for record in self.history]
 
@@ -204,6 +248,7 @@ class Trainer:
 
     def _reset(self) -> None:
         """Fresh optimizer, schedule, scaler and progress counters."""
+        self._sigterm = [False]
         self.optimizer = SGD(
             _param_groups(self.student, self.config.weight_decay),
             lr=self.config.lr,
@@ -240,6 +285,9 @@ class Trainer:
                 if self._stop_reached(stop_after_steps):
                     save_trainer_checkpoint(self, epoch_rng)
                     return
+                if self._sigterm[0]:
+                    save_trainer_checkpoint(self, epoch_rng)
+                    raise TrainingInterrupted(self.global_step, self.checkpoint_path)
                 if self._mid_epoch_checkpoint_due():
                     save_trainer_checkpoint(self, epoch_rng)
         self._finish_epoch()
