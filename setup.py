@@ -26,5 +26,5 @@ setup(
             "hypothesis>=6.80",
         ],
     },
-    entry_points={"console_scripts": ["gating=gating.cli:main"]},
+    entry_points={"console_scripts": ["gating=gating.cli:run"]},
 )

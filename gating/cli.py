@@ -6,7 +6,9 @@ are the flags' defaults) and calls :func:`gating.demo.run_demo`, or
 saved with :func:`gating.save`, prunes it with :func:`gating.prune.prune`
 (a :class:`gating.prune.PruneConfig` built from the flags), prints the
 storage / MAC table and saves the smaller model. A bad value exits with a
-one-line error naming the flag. SIGTERM during training writes a checkpoint
+one-line error naming the flag (exit status 2); a checkpoint, saved model or
+data folder that cannot be used, or a diverged run, exits with its one-line
+message and status 1 (``gating --debug ...`` shows the traceback). SIGTERM during training writes a checkpoint
 and exits with status 143 (128 + SIGTERM) and a one-line message;
 ``--resume`` continues.
 """
@@ -23,6 +25,9 @@ from .distill import TrainingInterrupted
 from .demo import DemoConfig, run_demo
 from .demo_seeds import check_seeds, run_demo_seeds
 from .prune import CRITERIA
+
+USAGE_STATUS = 2
+"""Exit status of a bad argument (as argparse uses)."""
 
 SIGTERM_STATUS = 143
 """Exit status after SIGTERM stopped training (128 + 15, what a shell reports for a process SIGTERM ended)."""
@@ -85,6 +90,8 @@ def parse_seeds(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     """The ``gating`` argument parser (subcommand ``demo``)."""
     parser = argparse.ArgumentParser(prog="gating", description="Dynamic runtime channel gating for CNNs.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a failure instead of its one-line message")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train a teacher and a gated student on the built-in data")
     for flag, field, kind, help_text in _DEMO_FLAGS:
@@ -150,11 +157,8 @@ def run_train_rl_command(args: argparse.Namespace) -> None:
         message = str(error)
         for flag, field, _, _ in (*_RL_FLAGS, ("--budgets", "budgets", str, "")):
             message = message.replace(f"RLConfig.{field} ", f"{flag} ")
-        raise SystemExit(f"gating train-rl: {message}") from None
-    try:
-        run_train_rl(config)
-    except DatasetError as error:
-        raise SystemExit(f"gating train-rl: {error}") from None
+        raise CommandError(f"gating train-rl: {message}", USAGE_STATUS) from None
+    run_train_rl(config)
 
 
 def _add_prune_parser(commands: argparse._SubParsersAction) -> None:
@@ -188,7 +192,7 @@ def demo_config(args: argparse.Namespace) -> DemoConfig:
     try:
         return DemoConfig(**values, resume=args.resume, progress=args.progress)
     except ValueError as error:
-        raise SystemExit(f"gating demo: {_flag_message(str(error))}") from None
+        raise CommandError(f"gating demo: {_flag_message(str(error))}", USAGE_STATUS) from None
 
 
 def _flag_message(message: str) -> str:
@@ -215,34 +219,60 @@ def run_prune(args: argparse.Namespace) -> None:
         message = str(error)
         for field in ("criterion", "ratio", "flops", "params", "scope", "max_ratio", "round_to", "similarity_source"):
             message = message.replace(f"PruneConfig.{field} ", f"--{field.replace('_', '-')} ")
-        raise SystemExit(f"gating prune: {message}") from None
+        raise CommandError(f"gating prune: {message}", USAGE_STATUS) from None
     if args.image_size < 8 or args.calibration_images < 1:
-        raise SystemExit("gating prune: --image-size must be >= 8 and --calibration-images >= 1")
+        raise CommandError("gating prune: --image-size must be >= 8 and --calibration-images >= 1", USAGE_STATUS)
     if args.out.exists() and not args.overwrite:
-        raise SystemExit(f"gating prune: {args.out} exists; pass --overwrite to replace it")
+        raise CommandError(f"gating prune: {args.out} exists; pass --overwrite to replace it", USAGE_STATUS)
     try:
         model = io.load(args.model_dir)
     except io.ModelFileError as error:
-        raise SystemExit(f"gating prune: {error}") from None
+        raise CommandError(f"gating prune: {error}") from None
     channels = next(m.in_channels for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
     example = torch.zeros(1, channels, args.image_size, args.image_size)
     calibration = None
     if config.criterion == "gate" or (config.criterion == "similarity" and config.similarity_source == "features"):
         calibration = synthetic_dataset(args.calibration_images, image_size=args.image_size, seed=0).tensors[0]
         if calibration.shape[1] != channels:
-            raise SystemExit(f"gating prune: the built-in images have {calibration.shape[1]} channels, "
-                             f"the model reads {channels}")
+            raise CommandError(f"gating prune: the built-in images have {calibration.shape[1]} channels, "
+                               f"the model reads {channels}")
     try:
         result = prune(model, example, config, calibration=calibration)
     except (TraceError, ValueError) as error:
-        raise SystemExit(f"gating prune: {error}") from None
+        raise CommandError(f"gating prune: {error}") from None
     io.save(model, args.out, overwrite=args.overwrite)
     print(result.table(extra_rows=[("bytes on disk", io.disk_bytes(args.model_dir), io.disk_bytes(args.out))]))
     print(f"wrote {args.out}")
 
 
+class CommandError(SystemExit):
+    """A subcommand failed: ``str()`` is its one-line message, ``status`` the exit status
+    (:data:`USAGE_STATUS` for a bad argument, 1 for a failure while running)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    """Failures of a run that get a one-line message (exit status 1) unless ``--debug``."""
+    from .io import CheckpointError, ModelFileError
+    from .distill import TrainingDivergedError
+
+    return (CheckpointError, ModelFileError, DatasetError, TrainingDivergedError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m gating`` / ``gating``; returns the exit status."""
+    """Run a subcommand; returns 0 (or :data:`SIGTERM_STATUS`), raises :class:`CommandError` on failure.
+
+    Bad arguments raise ``CommandError`` with status 2 before any long work;
+    a checkpoint, saved model or data folder that cannot be used, or a
+    diverged training run, raises it with status 1, except under ``--debug``,
+    which lets the original exception (and its traceback) through.
+    """
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
@@ -258,8 +288,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as stopped:
         print(f"gating {args.command}: {stopped}; run the same command with --resume", file=sys.stderr)
         return SIGTERM_STATUS
+    except _runtime_errors() as error:
+        if args.debug:
+            raise
+        raise CommandError(f"gating {args.command}: {error}") from None
     return 0
 
 
+def run(argv: Sequence[str] | None = None) -> int:
+    """The console entry point (``gating``, ``python -m gating``): :func:`main`, with a failure printed as
+    its one line on stderr and turned into its exit status."""
+    try:
+        return main(argv)
+    except CommandError as error:
+        print(error.message, file=sys.stderr)
+        return error.status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
