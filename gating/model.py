@@ -32,6 +32,7 @@ from torch import nn
 
 from . import calibration
 from .accounting import Report, conv_macs, gated_mac_terms
+from .bisection import largest_within
 from .convs import is_depthwise
 from .recorder import CallRecorder, RecordedCall
 from .config import GateConfig, differing_settings
@@ -368,23 +369,12 @@ class GatedModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            low, high = 1e-6, 1.0
-            self.set_keep_ratio(high)
-            self(inputs)
-            if self.executed_macs_ratio() <= budget:
-                return high
-            best = low
-            for _ in range(max_steps):
-                mid = (low + high) / 2
-                self.set_keep_ratio(mid)
+            def executed(keep: float) -> float:
+                self.set_keep_ratio(keep)
                 self(inputs)
-                ratio = self.executed_macs_ratio()
-                if ratio <= budget:
-                    low = best = mid
-                    if budget - ratio <= tolerance:
-                        break
-                else:
-                    high = mid
+                return self.executed_macs_ratio()
+
+            best = largest_within(executed, budget, 1e-6, 1.0, max_steps, tolerance)
             self.set_keep_ratio(best)
             return best
         finally:

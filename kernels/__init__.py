@@ -16,7 +16,7 @@
   groups it reads
   (:mod:`kernels.channel_sparse_reference`, pure PyTorch; the Triton kernel
   is :mod:`kernels.channel_sparse_conv2d`).
-* :mod:`kernels.library`: the op registrations (reference on CPU, Triton on
+* :mod:`kernels.library` (and :mod:`kernels.channel_sparse_op`): the op registrations (reference on CPU, Triton on
   CUDA, fake implementations, FLOP formulas; ``docs/design.md#registered-ops``).
 * :mod:`kernels.reference`: the PyTorch spec of the dense and gated
   convolutions, on any device and dtype (the channel-sparse one's is
@@ -45,15 +45,8 @@ This package never imports ``gating``.
 
 from ._common import PackedWeight, pack_weight
 from ._validation import as_pair, conv_input_span, conv_output_size
-from .library import (
-    TRITON_AVAILABLE,
-    channel_sparse_conv2d,
-    channel_sparse_conv2d_op,
-    conv2d,
-    conv2d_op,
-    gated_conv2d,
-    gated_conv2d_op,
-)
+from .library import TRITON_AVAILABLE, conv2d, conv2d_op, gated_conv2d, gated_conv2d_op
+from .channel_sparse_op import channel_sparse_conv2d, channel_sparse_conv2d_op
 from .channel_sparse_reference import (
     CHANNEL_GROUP,
     CHANNEL_SPARSE_FIELDS,
@@ -143,6 +136,7 @@ __all__ = [
 ]
 
 if TRITON_AVAILABLE:
-    from .library import channel_sparse_conv2d_triton, conv2d_triton, gated_conv2d_triton
+    from .channel_sparse_op import channel_sparse_conv2d_triton
+    from .library import conv2d_triton, gated_conv2d_triton
 
     __all__ += ["conv2d_triton", "gated_conv2d_triton", "channel_sparse_conv2d_triton"]

@@ -1,5 +1,6 @@
-"""The kernels as registered PyTorch ops, and the public wrappers over them (``docs/design.md#registered-ops``).
+"""The dense and gated kernels as registered PyTorch ops, and the public wrappers over them (``docs/design.md#registered-ops``).
 
+The channel-sparse op follows the same pattern in :mod:`kernels.channel_sparse_op`.
 Three ``torch.library.custom_op``s in the ``gating`` namespace, opaque to
 ``torch.compile`` and ``torch.export`` (one graph node each)::
 
@@ -60,13 +61,7 @@ from torch._subclasses.fake_tensor import is_fake
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from ._common import PackedWeight, new_decisions, new_output, weight_4d
-from ._validation import validate_channel_sparse, validate_conv, validate_gated
-from .channel_sparse_reference import (
-    CHANNEL_SPARSE_FIELDS,
-    DEFAULT_CHANNEL_BLOCK,
-    channel_sparse_conv2d_reference,
-    channel_sparse_macs,
-)
+from ._validation import validate_conv, validate_gated
 from .reference import conv2d_reference, gated_conv2d_reference
 from .spec import GateSpec
 from .work import (
@@ -79,7 +74,6 @@ from .work import (
 )
 
 try:
-    from .channel_sparse_conv2d import channel_sparse_conv2d as channel_sparse_conv2d_triton
     from .conv2d import conv2d as conv2d_triton
     from .gated_conv2d import gated_conv2d as gated_conv2d_triton
 except ModuleNotFoundError as error:
@@ -100,11 +94,6 @@ GATED_CONV2D_SCHEMA = (
     "Tensor? scale, Tensor? shift, Tensor? residual, bool relu, Tensor? decisions, bool count_work) "
     "-> (Tensor, Tensor, Tensor)"
 )
-CHANNEL_SPARSE_SCHEMA = (
-    "(Tensor x, Tensor weight, Tensor out_mask, Tensor? in_mask, int[2] stride, int[2] padding, int[2] dilation, "
-    "Tensor? scale, Tensor? shift, Tensor? residual, bool relu, int block, bool count_work) -> (Tensor, Tensor)"
-)
-
 Tensor = torch.Tensor
 OptTensor = torch.Tensor | None
 
@@ -181,7 +170,7 @@ def _gated_conv2d_fake(
     return new_output(geom, x), new_decisions(geom, gate_group, x), counters
 
 
-def _readable(t: torch.Tensor) -> bool:
+def values_readable(t: torch.Tensor) -> bool:
     """True when ``t``'s values can be read (not a fake tensor, not on the meta device)."""
     return not is_fake(t) and t.device.type != "meta"
 
@@ -199,60 +188,10 @@ def _gated_conv2d_flops(
     kernel = (weight.shape[2], weight.shape[3])
     config = (base_fraction, base_layout, gate_group)
     base, conditional, gate = gated_mac_terms(out.shape, weight.shape[1], kernel, *config)
-    if _readable(decisions_out):
+    if values_readable(decisions_out):
         per_group = conditional_per_group(out.shape[1], weight.shape[1], *config)
         conditional = int(conditional_macs(decisions_out, per_group, kernel))
     return 2 * (base + conditional + (0 if decisions is not None else gate))
-
-
-# --------------------------------------------------------- channel-sparse op
-@torch.library.custom_op("gating::channel_sparse_conv2d", mutates_args=(), schema=CHANNEL_SPARSE_SCHEMA)
-def channel_sparse_conv2d_op(
-    x: Tensor, weight: Tensor, out_mask: Tensor, in_mask: OptTensor,
-    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-    scale: OptTensor, shift: OptTensor, residual: OptTensor, relu: bool, block: int, count_work: bool,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Default implementation of ``gating::channel_sparse_conv2d``: the reference and the predicted counters."""
-    result = channel_sparse_conv2d_reference(
-        x, weight, out_mask, in_mask, stride=stride, padding=padding, dilation=dilation, scale=scale, shift=shift,
-        residual=residual, relu=relu, block=block, return_counters=count_work,
-    )  # fmt: skip
-    return _with_counters(result, count_work, x)
-
-
-def _with_counters(result: Tensor | tuple[Tensor, Tensor], count_work: bool, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(out, counters)`` of a channel-sparse call, counters an empty int64 ``[0]`` when nothing was counted."""
-    return result if count_work else (result, torch.empty(0, dtype=torch.int64, device=x.device))
-
-
-@channel_sparse_conv2d_op.register_fake
-def _channel_sparse_conv2d_fake(
-    x: Tensor, weight: Tensor, out_mask: Tensor, in_mask: OptTensor,
-    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-    scale: OptTensor, shift: OptTensor, residual: OptTensor, relu: bool, block: int, count_work: bool,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    geom = validate_channel_sparse(
-        x, weight, out_mask, in_mask, block=block, stride=stride, padding=padding, dilation=dilation, scale=scale,
-        shift=shift, residual=residual,
-    )  # fmt: skip
-    counters = torch.empty(len(CHANNEL_SPARSE_FIELDS) if count_work else 0, dtype=torch.int64, device=x.device)
-    return new_output(geom, x), counters
-
-
-@register_flop_formula(torch.ops.gating.channel_sparse_conv2d, get_raw=True)
-def _channel_sparse_conv2d_flops(
-    x: Tensor, weight: Tensor, out_mask: Tensor, in_mask: OptTensor,
-    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-    scale: OptTensor, shift: OptTensor, residual: OptTensor, relu: bool, block: int, count_work: bool,
-    *, out_val: tuple[Tensor, Tensor],
-) -> int:  # fmt: skip
-    """``2 * sum_n kept_out_n * active_in_n * kh*kw*OH*OW`` from the masks; the dense count when unreadable."""
-    n, c_out, oh, ow = out_val[0].shape
-    c_in, kernel = weight.shape[1], (weight.shape[2], weight.shape[3])
-    masks = (out_mask,) if in_mask is None else (out_mask, in_mask)
-    if all(_readable(m) for m in masks):
-        return 2 * int(channel_sparse_macs(out_mask, in_mask, c_in, kernel, (oh, ow)))
-    return 2 * n * c_out * c_in * kernel[0] * kernel[1] * oh * ow
 
 
 # -------------------------------------------------------------- CUDA kernels
@@ -281,18 +220,6 @@ if TRITON_AVAILABLE:
             gate_group=gate_group, gate_block=gate_block, stride=stride, padding=padding, dilation=dilation,
             scale=scale, shift=shift, residual=residual, relu=relu, decisions=decisions, count_work=count_work,
         )  # fmt: skip
-
-    @channel_sparse_conv2d_op.register_kernel("cuda")
-    def _channel_sparse_conv2d_cuda(
-        x: Tensor, weight: Tensor, out_mask: Tensor, in_mask: OptTensor,
-        stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-        scale: OptTensor, shift: OptTensor, residual: OptTensor, relu: bool, block: int, count_work: bool,
-    ) -> tuple[Tensor, Tensor]:  # fmt: skip
-        result = channel_sparse_conv2d_triton(
-            x, weight, out_mask, in_mask, stride=stride, padding=padding, dilation=dilation, scale=scale,
-            shift=shift, residual=residual, relu=relu, block=block, return_counters=count_work,
-        )  # fmt: skip
-        return _with_counters(result, count_work, x)
 
 
 # ------------------------------------------------------------------ wrappers
@@ -409,61 +336,3 @@ def gated_conv2d(
     )  # fmt: skip
     result = computed if decisions is None else decisions
     return (out, result, GatedConvStats(counters)) if return_stats else (out, result)
-
-
-def channel_sparse_conv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor | PackedWeight,
-    out_mask: torch.Tensor,
-    in_mask: torch.Tensor | None = None,
-    *,
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
-    dilation: int | tuple[int, int] = 1,
-    scale: torch.Tensor | None = None,
-    shift: torch.Tensor | None = None,
-    residual: torch.Tensor | None = None,
-    relu: bool = False,
-    block: int = DEFAULT_CHANNEL_BLOCK,
-    groups: int = 1,
-    return_counters: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample channel-sparse conv (groups=1): ``relu(out_mask * (conv(x * in_mask)*scale + shift) + residual)``.
-
-    Runs ``gating::channel_sparse_conv2d``: the Triton kernel on CUDA, which
-    skips, per sample, the output-channel groups of 8 ``out_mask`` prunes and the
-    input-channel groups ``in_mask`` marks inactive (lists built on device, no
-    host sync; ``docs/design.md#channel-sparse-kernel``), the reference
-    elsewhere. Semantics: :func:`kernels.channel_sparse_conv2d_reference`.
-
-    Args:
-        x, weight, stride, padding, dilation, scale, shift, residual, relu, groups: as :func:`conv2d`.
-        out_mask: bool ``[N, C_out]``, the output channels kept per sample;
-            a pruned one is exactly 0 (``relu(residual)`` with a residual).
-        in_mask: bool ``[N, C_in]``, the input channels active per sample
-            (inactive ones are read as zeros), or None: all active.
-        block: tile width in channels, one of ``(16, 32, 64, 128)``. The
-            kernel skips in groups of 8 channels (a group runs when any of
-            its channels is on; masks need no alignment) and gathers
-            ``block / 8`` active groups per tile.
-        return_counters: also return the int64 ``[8]`` work counters
-            (``CHANNEL_SPARSE_FIELDS``; on CPU the ones the kernel would report).
-
-    Returns:
-        ``out`` (fresh ``[N, C_out, OH, OW]`` in x's dtype, channels_last), or
-        ``(out, counters)``. Inference only.
-
-    Raises:
-        ``TypeError`` / ``ValueError`` / ``NotImplementedError`` naming the
-        argument (:func:`kernels._validation.validate_channel_sparse`).
-    """
-    weight = weight_4d(weight)
-    geom = validate_channel_sparse(
-        x, weight, out_mask, in_mask, block=block, stride=stride, padding=padding, dilation=dilation, scale=scale,
-        shift=shift, residual=residual, groups=groups,
-    )  # fmt: skip
-    out, counters = torch.ops.gating.channel_sparse_conv2d(
-        x, weight, out_mask, in_mask, list(geom.stride), list(geom.padding), list(geom.dilation), scale, shift,
-        residual, bool(relu), block, bool(return_counters),
-    )  # fmt: skip
-    return (out, counters) if return_counters else out

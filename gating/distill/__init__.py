@@ -14,7 +14,7 @@ each of its parts measured, is in ``docs/design.md#training-recipe``.
 Modules: :mod:`.config` (``TrainConfig``), :mod:`.losses`, :mod:`.schedules`,
 :mod:`.batchnorm`, :mod:`.evaluation` (:func:`evaluate_classifier`),
 :mod:`.features`, :mod:`.teacher_logits`, :mod:`.teacher` (the dense teacher's recipe), :mod:`.trainer` (``Trainer``), :mod:`.resume`
-(checkpoints).
+(checkpoints), :mod:`.stopping` (``TrainingDivergedError``, ``TrainingInterrupted``).
 
 Student protocol (duck-typed, every member optional; ``GatedModel``
 implements all of them, a plain ``nn.Module`` none):
@@ -69,7 +69,8 @@ from .losses import feature_kd_loss, kd_loss
 from .schedules import budget_target, cosine_lr_factor
 from .teacher import teacher_recipe, train_teacher
 from .teacher_logits import with_teacher_logits
-from .trainer import Trainer, TrainingDivergedError, TrainingInterrupted
+from .stopping import TrainingDivergedError, TrainingInterrupted
+from .trainer import Trainer
 
 __all__ = [
     "TrainConfig",

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..bisection import largest_within
+
 MIN_KEEP = 0.1
 
 
@@ -188,19 +190,14 @@ class BudgetController:
         self.model.eval()
         self.budget_map = None
         asked = torch.linspace(low, 1.0, points, dtype=torch.float64)
-        given = []
+
+        def executed(budget: float) -> float:
+            self.budget = budget
+            self.model(inputs)
+            return self.model.executed_macs_ratio()
+
         try:
-            for target in asked.tolist():
-                lo, hi, best = 0.0, 1.5, 0.0
-                for _ in range(steps):
-                    mid = (lo + hi) / 2
-                    self.budget = mid
-                    self.model(inputs)
-                    if self.model.executed_macs_ratio() <= target:
-                        lo = best = mid
-                    else:
-                        hi = mid
-                given.append(best)
+            given = [largest_within(executed, target, 0.0, 1.5, steps) for target in asked.tolist()]
         finally:
             self.budget = saved[0]
             self.model.train(was_training)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..bisection import largest_within
 from ..prune import (
     DependencyGroup,
     apply_cuts,
@@ -180,16 +181,10 @@ class _Candidates:
     def uniform_fraction(self, indices: list[int], budget: float, steps: int = 12) -> float:
         """The largest kept fraction, the same in every group of ``indices``, whose parameter ratio meets
         ``budget`` (bisection; :data:`MIN_KEEP` when even that exceeds it)."""
-        low, high = MIN_KEEP, 1.0
-        if _param_count(self.cut({i: high for i in indices})) / self.total <= budget:
-            return high
-        for _ in range(steps):
-            mid = (low + high) / 2
-            if _param_count(self.cut({i: mid for i in indices})) / self.total <= budget:
-                low = mid
-            else:
-                high = mid
-        return low
+        def param_ratio(fraction: float) -> float:
+            return _param_count(self.cut({i: fraction for i in indices})) / self.total
+
+        return largest_within(param_ratio, budget, MIN_KEEP, 1.0, steps)
 
 
 def _open_runtime_gates(model: nn.Module) -> list[tuple[nn.Module, object]]:
