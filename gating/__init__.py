@@ -13,6 +13,8 @@ Public API:
 * ``prune``: static structured pruning (dependency groups, criteria, surgery).
 * ``build``, ``save``, ``load``: a model as safetensors weights plus a JSON
   recipe, rebuilt without pickle (``gating.io.export``).
+* ``train``: ``python -m gating train`` as a function (``run_train``,
+  ``TrainRunConfig``), on one process or under ``torchrun``.
 """
 
 from .accounting import LayerCount, Report

@@ -25,7 +25,7 @@ import contextlib
 import copy
 import math
 import warnings
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -123,6 +123,7 @@ class GatedModel(nn.Module):
         self.config = config or GateConfig()
         self.model = model if inplace else copy.deepcopy(model)
         self.budget_target: float | None = self.config.target_flops_ratio
+        self._batch_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
         model = self.model
         self.gated_names = select_convs(model, self.config)
         batchnorms = following_batchnorms(model) if self.config.kind == "runtime" and self.gated_names else {}
@@ -258,7 +259,8 @@ class GatedModel(nn.Module):
                 constant += self._recorder.count(call).macs_executed
             else:
                 constant += fixed
-                variable.append(conditional * soft.mean())
+                mean = soft.mean() if self._batch_mean is None else self._batch_mean(soft)
+                variable.append(conditional * mean)
         executed = torch.stack(variable).sum() if variable else torch.zeros(())
         return (executed + constant) / dense_total
 
@@ -406,6 +408,17 @@ class GatedModel(nn.Module):
         finally:
             for layer, was in zip(layers, previous):
                 layer.force_open = was
+
+    @contextlib.contextmanager
+    def global_batch(self, mean: Callable[[torch.Tensor], torch.Tensor]) -> Iterator["GatedModel"]:
+        """Within the block the budget loss averages gate densities with ``mean`` (``[N]`` -> scalar) instead of
+        over the local batch: a data-parallel run passes the differentiable mean over the global batch
+        (``gating.distill.DistributedRun.mean``), so ``soft_macs_ratio`` is that of the global batch."""
+        previous, self._batch_mean = self._batch_mean, mean
+        try:
+            yield self
+        finally:
+            self._batch_mean = previous
 
     # ------------------------------------------------------------ persistence
     def get_extra_state(self) -> dict[str, Any]:

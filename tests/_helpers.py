@@ -200,3 +200,12 @@ def fake_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "eel
                 pixels = rng.integers(0, 256, size=(20, 28, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(root / split / name / f"{i}.png")
     return root
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a torch.distributed rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

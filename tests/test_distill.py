@@ -272,12 +272,14 @@ def test_eval_every_none_trains_the_same_without_evaluating():
     train_loader, test_loader = _loaders()
     torch.manual_seed(0)
     evaluated = Trainer(MLP(), train_loader, test_loader, _config(eval_every=3))  # only after the last epoch
-    assert "accuracy" in evaluated.fit()[-1]
+    last = evaluated.fit()[-1]
+    assert "accuracy" in last
     torch.manual_seed(0)
     silent = Trainer(MLP(), train_loader, test_loader, _config(eval_every=None))
     silent.evaluate = lambda *args: pytest.fail("evaluate() ran with eval_every=None")
     history = silent.fit()
-    assert history == [{"epoch": 3, "global_step": 3 * len(train_loader), "lr": 0.0}]
+    train = {"train_loss": last["train_loss"], "train_accuracy": last["train_accuracy"]}
+    assert history == [{"epoch": 3, "global_step": 3 * len(train_loader), "lr": 0.0, **train}]
     _assert_same_state(evaluated.student.state_dict(), silent.student.state_dict())
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 from .cifar10 import CIFAR10_LAYOUT, CIFAR10_MEAN, CIFAR10_STD, CIFAR10Pickles, cifar10
 from .errors import DatasetError
 from .imagefolder import IMAGE_FOLDER_LAYOUT, IMAGENET_MEAN, IMAGENET_STD, image_folder
-from .loaders import DATASETS, EpochSampler, build_loaders
+from .loaders import DATASETS, EpochSampler, GlobalBatchSampler, ShardSampler, build_loaders
 from .synthetic import SHAPE_NAMES, SYNTHETIC_MEAN, SYNTHETIC_STD, ShapesSample, generate_shapes, synthetic_dataset
 
 __all__ = [
@@ -52,6 +52,8 @@ __all__ = [
     "CIFAR10Pickles",
     "DatasetError",
     "EpochSampler",
+    "GlobalBatchSampler",
+    "ShardSampler",
     "ShapesSample",
     "build_loaders",
     "cifar10",

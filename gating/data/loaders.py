@@ -3,6 +3,8 @@
 :func:`build_loaders` picks the source, draws the seeded subsets and returns a
 pair of :class:`~torch.utils.data.DataLoader`; the training loader's order
 comes from an :class:`EpochSampler`, a pure function of ``(seed, epoch)``.
+:class:`GlobalBatchSampler` and :class:`ShardSampler` split that order and a
+test set between the processes of a data-parallel run.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .errors import DatasetError
 from .imagefolder import IMAGE_FOLDER_LAYOUT, image_folder
 from .synthetic import SHAPE_NAMES, synthetic_dataset
 
-__all__ = ["DATASETS", "EpochSampler", "build_loaders"]
+__all__ = ["DATASETS", "EpochSampler", "GlobalBatchSampler", "ShardSampler", "build_loaders"]
 
 DATASETS = ("synthetic", "cifar10", "imagefolder")
 """Names accepted by :func:`build_loaders`."""
@@ -67,6 +69,75 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batch sampler of one process of a data-parallel run: its contiguous share of every global batch.
+
+    Step ``k`` of epoch ``e`` has the global batch ``order[k*B : (k+1)*B]`` of
+    the :class:`EpochSampler` order of ``(seed, e)`` (``B = global_batch``);
+    process ``rank`` of ``world_size`` gets its slice ``rank*b : (rank+1)*b``
+    with ``b = B / world_size``. Concatenated in rank order, the processes'
+    batches are the batch a single process with ``world_size=1`` gets, so a
+    data-parallel run sees exactly the data of the single-process run with
+    the same global batch. The last incomplete global batch of an epoch is
+    dropped (every step has the same ``B``, which the equivalence needs);
+    the next epoch's permutation reaches the dropped images.
+
+    Raises:
+        ValueError: ``world_size < 1``, ``rank`` outside ``[0, world_size)``,
+            ``global_batch`` smaller than ``world_size`` or not a multiple of
+            it, or fewer than ``global_batch`` samples.
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of world_size {world_size}")
+        if global_batch < world_size:
+            raise ValueError(f"the global batch ({global_batch}) is smaller than the number of processes "
+                             f"({world_size}): every process needs at least one image per step")
+        if global_batch % world_size:
+            raise ValueError(f"the global batch ({global_batch}) must be a multiple of the number of processes "
+                             f"({world_size})")
+        if num_samples < global_batch:
+            raise ValueError(f"{num_samples} training images make no full global batch of {global_batch}")
+        self.order = EpochSampler(num_samples, seed)
+        self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
+        self.local_batch = global_batch // world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches the next iteration yields."""
+        self.order.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order.order()
+        for step in range(len(self)):
+            start = step * self.global_batch + self.rank * self.local_batch
+            yield order[start : start + self.local_batch].tolist()
+
+    def __len__(self) -> int:
+        return self.order.num_samples // self.global_batch
+
+
+class ShardSampler(Sampler[int]):
+    """Process ``rank``'s contiguous share of ``0..num_samples-1`` (sizes differ by at most one; may be empty).
+
+    For evaluation in a data-parallel run: every sample is seen by exactly
+    one process, in order, without padding; metrics are then summed over
+    the processes.
+    """
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of world_size {world_size}")
+        self.start = num_samples * rank // world_size
+        self.stop = num_samples * (rank + 1) // world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
 
 
 def _subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:

@@ -14,7 +14,10 @@ each of its parts measured, is in ``docs/design.md#training-recipe``.
 Modules: :mod:`.config` (``TrainConfig``), :mod:`.losses`, :mod:`.schedules`,
 :mod:`.batchnorm`, :mod:`.evaluation` (:func:`evaluate_classifier`),
 :mod:`.features`, :mod:`.teacher_logits`, :mod:`.teacher` (the dense teacher's recipe), :mod:`.trainer` (``Trainer``), :mod:`.resume`
-(checkpoints), :mod:`.stopping` (``TrainingDivergedError``, ``TrainingInterrupted``).
+(checkpoints), :mod:`.stopping` (``TrainingDivergedError``, ``TrainingInterrupted``),
+:mod:`.distributed` (``DistributedRun``: data-parallel training under
+``torchrun``) and :mod:`.sync_batchnorm` (BatchNorm over the global batch on
+any backend).
 
 Student protocol (duck-typed, every member optional; ``GatedModel``
 implements all of them, a plain ``nn.Module`` none):
@@ -64,6 +67,7 @@ half-written. Both resume bit-for-bit on CPU (``tests/test_crash_safety.py``).
 
 from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig
+from .distributed import DistributedRun
 from .evaluation import evaluate_classifier
 from .losses import feature_kd_loss, kd_loss
 from .schedules import budget_target, cosine_lr_factor
@@ -73,6 +77,7 @@ from .stopping import TrainingDivergedError, TrainingInterrupted
 from .trainer import Trainer
 
 __all__ = [
+    "DistributedRun",
     "TrainConfig",
     "Trainer",
     "TrainingDivergedError",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,17 +11,23 @@ from torch.utils.data import DataLoader
 
 from ..modes import train_mode
 
+Reduce = Callable[[Sequence[float]], list[float]]
+"""Sums of per-process values over the processes of a data-parallel run (``DistributedRun.sum``)."""
+
 __all__ = ["evaluate_classifier"]
 
 
 def evaluate_classifier(
-    model: nn.Module, loader: DataLoader, device: torch.device, autocast: bool = False
+    model: nn.Module, loader: DataLoader, device: torch.device, autocast: bool = False, reduce: Reduce | None = None
 ) -> dict[str, float]:
     """Evaluate ``model`` on ``loader`` in ``eval()`` mode under ``torch.no_grad()``.
 
     Batches ``(inputs, int64 targets [B])`` are moved to ``device``; with
     ``autocast`` the forward runs under ``torch.autocast(device.type)``. The
-    model's previous train/eval mode is restored.
+    model's previous train/eval mode is restored. In a data-parallel run
+    each process passes its share of the test set and ``reduce`` (summing
+    over the processes): the metrics are then those of the whole set, the
+    same in every process.
 
     Returns:
         ``loss`` (mean cross-entropy, in float32), ``accuracy`` in percent
@@ -27,13 +35,15 @@ def evaluate_classifier(
         ``macs_ratio``: its value per batch averaged with batch-size weights.
 
     Raises:
-        ValueError: the loader yields no samples.
+        ValueError: the loader yields no samples (in no process).
     """
     with train_mode(model, False), torch.no_grad():
-        return _evaluate(model, loader, device, autocast)
+        return _evaluate(model, loader, device, autocast, reduce)
 
 
-def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast: bool) -> dict[str, float]:
+def _evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, autocast: bool, reduce: Reduce | None
+) -> dict[str, float]:
     loss_sum, correct, seen, macs_sum = 0.0, 0, 0, 0.0
     macs_ratio = getattr(model, "executed_macs_ratio", None)
     for inputs, targets in loader:
@@ -47,6 +57,8 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autoca
         seen += batch
         if macs_ratio is not None:
             macs_sum += float(macs_ratio()) * batch
+    if reduce is not None:
+        loss_sum, correct, seen, macs_sum = reduce([loss_sum, correct, seen, macs_sum])
     if seen == 0:
         raise ValueError("evaluation loader yielded no samples")
     metrics = {"loss": loss_sum / seen, "accuracy": 100.0 * correct / seen}

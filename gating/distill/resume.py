@@ -1,4 +1,4 @@
-"""Checkpoints of a :class:`~gating.distill.Trainer`: atomic saves and exact resumption.
+"""Checkpoints of a :class:`~gating.distill.Trainer`: atomic saves and exact resumption (and its metrics log).
 
 The functions take the :class:`~gating.distill.Trainer` whose state they
 write or restore (``student``, ``optimizer``, ``scheduler``, ``scaler``,
@@ -11,6 +11,7 @@ the package docstring for how resumption replays them).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,10 +19,10 @@ from typing import Any
 
 from torch.optim import Optimizer
 
-from ..io import CheckpointError, load_checkpoint, load_state_dict_checked, restore_rng_state, save_checkpoint
+from ..io import CheckpointError, atomic_write, load_checkpoint, load_state_dict_checked, restore_rng_state, save_checkpoint
 from .config import RESUME_MUST_MATCH
 
-__all__ = ["load_trainer_checkpoint", "save_trainer_checkpoint"]
+__all__ = ["load_trainer_checkpoint", "save_metrics_log", "save_trainer_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ _TRAINER_KEYS = ("global_step", "history", "steps_per_epoch", "epoch_rng_state")
 
 
 def save_trainer_checkpoint(trainer: Any, epoch_rng: Mapping[str, Any]) -> None:
-    """Atomically checkpoint ``trainer``'s current position (no-op without a path)."""
-    if trainer.checkpoint_path is None:
+    """Atomically checkpoint ``trainer``'s current position (no-op without a path, or outside the main process)."""
+    if trainer.checkpoint_path is None or not trainer.run.is_main:
         return
     save_checkpoint(
         trainer.checkpoint_path,
@@ -47,8 +48,14 @@ def save_trainer_checkpoint(trainer: Any, epoch_rng: Mapping[str, Any]) -> None:
             "history": trainer.history,
             "steps_per_epoch": trainer.steps_per_epoch,
             "epoch_rng_state": dict(epoch_rng),
+            "epoch_sums": list(trainer.epoch_sums),
         },
     )
+
+
+def save_metrics_log(path: Path, history: list[dict[str, Any]]) -> None:
+    """Write ``history`` to ``path`` as JSON lines, atomically (rewritten whole, so it matches the checkpoint)."""
+    atomic_write(path, lambda file: file.write("".join(json.dumps(record) + "\n" for record in history).encode()))
 
 
 def load_trainer_checkpoint(trainer: Any) -> dict[str, Any] | None:
@@ -73,6 +80,7 @@ def load_trainer_checkpoint(trainer: Any) -> dict[str, Any] | None:
     trainer.epoch, trainer.step_in_epoch = checkpoint["epoch"], checkpoint["step"]
     trainer.global_step = extra["global_step"]
     trainer.history = [dict(record) for record in extra["history"]]
+    trainer.epoch_sums = [float(v) for v in extra.get("epoch_sums", (0.0, 0.0, 0.0))]
     restore_rng_state(extra["epoch_rng_state"])
     logger.info("resuming from %s at epoch %d, batch %d", path, trainer.epoch, trainer.step_in_epoch)
     return checkpoint["rng_state"]

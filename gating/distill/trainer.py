@@ -12,8 +12,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim import SGD
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -21,11 +19,13 @@ from ..io import capture_rng_state, restore_rng_state
 from ..prune import kernel_l1_penalty, slimming_penalty
 from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig, is_int, resolve_amp, resolve_device
+from .distributed import DistributedRun
 from .evaluation import evaluate_classifier
 from .features import FeatureTaps
 from .losses import kd_loss
-from .resume import load_trainer_checkpoint, save_trainer_checkpoint
-from .schedules import budget_target, cosine_lr_factor
+from .optimization import freeze, sgd_with_schedule
+from .resume import load_trainer_checkpoint, save_metrics_log, save_trainer_checkpoint
+from .schedules import budget_target
 from .stopping import TrainingDivergedError, TrainingInterrupted, sigterm_flag
 
 __all__ = ["Trainer", "TrainingDivergedError"]
@@ -52,12 +52,28 @@ class Trainer:
 
     Checkpoints (when ``checkpoint_path`` is given) are written atomically at
     every epoch end, every ``config.checkpoint_every`` global steps, and when
-    ``fit`` stops early through ``stop_after_steps``.
+    ``fit`` stops early through ``stop_after_steps``. With ``metrics_path``,
+    the history is written there as JSON lines (one record per evaluated
+    epoch, rewritten atomically after each, so it always matches the
+    checkpoint).
+
+    Data parallelism: with a ``run`` of several processes
+    (:class:`DistributedRun`, e.g. under ``torchrun``) each process gets a
+    loader over its share of every global batch
+    (``gating.data.GlobalBatchSampler``) and a test loader over its share of
+    the test set (``gating.data.ShardSampler``); the student trains wrapped in
+    ``DistributedDataParallel``, evaluation metrics and the epoch's training
+    loss and accuracy are summed over the processes, the processes stop
+    together (SIGTERM or a non-finite loss in any of them), the budget fit after
+    training runs on the global batches, and only the
+    main process writes checkpoints and shows progress bars
+    (``docs/design.md#data-parallel-training``).
 
     Raises (at construction):
         ValueError: an empty train loader; feature distillation without a
             teacher or with a layer name missing from teacher or student; a
-            budget ramp for a student without a MAC budget goal.
+            budget ramp for a student without a MAC budget goal; a
+            data-parallel ``run`` on another device than ``config.device``.
     """
 
     def __init__(
@@ -68,18 +84,25 @@ class Trainer:
         config: TrainConfig,
         teacher: nn.Module | None = None,
         checkpoint_path: str | Path | None = None,
+        run: DistributedRun | None = None,
+        metrics_path: str | Path | None = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        self.run = DistributedRun(device=self.device) if run is None else run
+        if self.run.distributed and self.run.device != self.device:
+            raise ValueError(f"TrainConfig.device is {self.device}, this process of the data-parallel run "
+                             f"trains on {self.run.device}")
         self.amp = resolve_amp(config.amp, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.student = student.to(self.device)
         if config.channels_last:
             self.student.to(memory_format=torch.channels_last)
-        self.teacher = None if teacher is None else _freeze(teacher.to(self.device))
+        self.teacher = None if teacher is None else freeze(teacher.to(self.device))
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.metrics_path = None if metrics_path is None else Path(metrics_path)
         self.steps_per_epoch = len(train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError("train_loader yields no batches")
@@ -142,12 +165,12 @@ class Trainer:
             self.teacher.eval()
         was_training = self.student.training
         try:
-            with sigterm_flag() as self._sigterm:
+            with sigterm_flag() as self._sigterm, self.run.training(self.student) as self._model:
                 while self.epoch < self.config.epochs and not self._stop_reached(stop_after_steps):
                     self._train_epoch(rng_after_skip, stop_after_steps)
                     rng_after_skip = None
         finally:
-            self._sigterm = [False]
+            self._sigterm, self._model = [False], self.student
             self.student.train(was_training)
         return [dict(record) for record in self.history]
 
@@ -160,7 +183,7 @@ class Trainer:
         restored. ``ValueError`` when the loader yields no samples.
         """
         loader = self.test_loader if loader is None else loader
-        return evaluate_classifier(self.student, loader, self.device, self.amp)
+        return evaluate_classifier(self.student, loader, self.device, self.amp, reduce=self.run.sum)
 
     def recalibrate_batchnorm(self) -> int:
         """Re-estimate the student's BatchNorm statistics on ``config.bn_recalibration_batches`` batches.
@@ -175,7 +198,7 @@ class Trainer:
         keep = getattr(self.student, "gate_batchnorms", lambda: ())()
         with self._autocast():
             return recalibrate_batchnorm(
-                self.student, self._final_batches(self.config.bn_recalibration_batches), keep=keep
+                self.student, self._final_batches(self.config.bn_recalibration_batches, gather=False), keep=keep
             )
 
     def fit_budget(self) -> float:
@@ -184,34 +207,33 @@ class Trainer:
         The batches are those :meth:`recalibrate_batchnorm` uses. Returns the
         threshold offset applied.
         """
-        inputs = [batch.to(self.device) for batch in self._final_batches(self.config.budget_fit_batches)]
+        inputs = list(self._final_batches(self.config.budget_fit_batches, gather=True))
         with self._autocast():
             return self.student.fit_budget(inputs)
 
-    def _final_batches(self, count: int) -> Iterator[Tensor]:
-        """Inputs of the first ``count`` train batches in the order of epoch ``config.epochs``."""
+    def _final_batches(self, count: int, gather: bool) -> Iterator[Tensor]:
+        """Inputs of the first ``count`` train batches in the order of epoch ``config.epochs``, on the device.
+
+        In a data-parallel run each process reads its share; ``gather`` makes
+        every process get the whole global batch (for the budget fit; the
+        BatchNorm re-estimation sees the global batch through the global
+        BatchNorm statistics instead).
+        """
         self._select_epoch_order(self.config.epochs)
-        return (batch[0] for batch in itertools.islice(self.train_loader, count))
+        batches = (batch[0].to(self.device) for batch in itertools.islice(self.train_loader, count))
+        return (self.run.gather(batch) for batch in batches) if gather else batches
 
     # ------------------------------------------------------------ construction
 
     def _reset(self) -> None:
         """Fresh optimizer, schedule, scaler and progress counters."""
-        self._sigterm = [False]
-        self.optimizer = SGD(
-            _param_groups(self.student, self.config.weight_decay),
-            lr=self.config.lr,
-            momentum=self.config.momentum,
-            nesterov=self.config.nesterov,
-            weight_decay=self.config.weight_decay,
-        )
-        total = self.config.epochs * self.steps_per_epoch
-        warmup = self.config.warmup_epochs * self.steps_per_epoch
-        self.scheduler = LambdaLR(self.optimizer, lambda step: cosine_lr_factor(step, total, warmup))
+        self._sigterm, self._model = [False], self.student
+        self.optimizer, self.scheduler = sgd_with_schedule(self.student, self.config, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
+        self.epoch_sums = [0.0, 0.0, 0.0]  # this epoch's summed training loss, correct predictions, images
         self.history: list[dict[str, float]] = []
 
     # ---------------------------------------------------------------- training
@@ -220,21 +242,20 @@ class Trainer:
         """Run the rest of the current epoch, or up to ``stop_after_steps``."""
         batches, epoch_rng = self._epoch_batches(rng_after_skip)
         self.student.train()
-        steps, loss_sum, correct, seen = 0, 0.0, 0, 0
         with self._progress_bar(batches) as bar:
             for inputs, targets, *teacher_logits in bar:
                 loss, batch_correct = self._train_step(inputs, targets, *teacher_logits)
                 self.step_in_epoch += 1
                 self.global_step += 1
-                steps, loss_sum = steps + 1, loss_sum + loss
-                correct, seen = correct + batch_correct, seen + len(targets)
+                sums = self.epoch_sums
+                sums[0], sums[1], sums[2] = sums[0] + loss * len(targets), sums[1] + batch_correct, sums[2] + len(targets)
                 bar.set_postfix(
-                    loss=f"{loss_sum / steps:.4f}", acc=f"{100 * correct / seen:.2f}", refresh=False
+                    loss=f"{sums[0] / sums[2]:.4f}", acc=f"{100 * sums[1] / sums[2]:.2f}", refresh=False
                 )
                 if self._stop_reached(stop_after_steps):
                     save_trainer_checkpoint(self, epoch_rng)
                     return
-                if self._sigterm[0]:
+                if self.run.any(self._sigterm[0])[0]:
                     save_trainer_checkpoint(self, epoch_rng)
                     raise TrainingInterrupted(self.global_step, self.checkpoint_path)
                 if self._mid_epoch_checkpoint_due():
@@ -260,10 +281,11 @@ class Trainer:
         return batches, epoch_rng
 
     def _select_epoch_order(self, epoch: int) -> None:
-        """Make the train loader yield epoch ``epoch``'s order, when its sampler has ``set_epoch``."""
-        set_epoch = getattr(self.train_loader.sampler, "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(epoch)
+        """Make the train loader yield epoch ``epoch``'s order, when its sampler or batch sampler has ``set_epoch``."""
+        for sampler in (self.train_loader.sampler, self.train_loader.batch_sampler):
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(epoch)
 
     def _progress_bar(self, batches: Iterator[Any]) -> tqdm:
         return tqdm(
@@ -271,7 +293,7 @@ class Trainer:
             total=self.steps_per_epoch,
             initial=self.step_in_epoch,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-            disable=not self.config.progress,
+            disable=not (self.config.progress and self.run.is_main),
             dynamic_ncols=True,
         )
 
@@ -286,7 +308,7 @@ class Trainer:
         self._schedule_budget()
         with self._autocast():
             teacher_logits = self._teacher_logits(inputs, cached_logits)
-            logits = self.student(inputs)
+            logits = self._model(inputs)
             loss = kd_loss(logits, teacher_logits, targets, self.config.kd_alpha, self.config.kd_temperature)
             if self._features is not None:
                 loss = loss + self.config.feature_kd_weight * self._features.loss()
@@ -296,9 +318,10 @@ class Trainer:
             if self.config.kernel_l1_weight > 0:
                 loss = loss + self.config.kernel_l1_weight * kernel_l1_penalty(self.student)
         loss_value = loss.item()
-        if not math.isfinite(loss_value):
+        if self.run.any(not math.isfinite(loss_value))[0]:
+            what = f"loss is {loss_value}" if not math.isfinite(loss_value) else "loss of another process is not finite"
             raise TrainingDivergedError(
-                f"loss is {loss_value} at global step {self.global_step} (0-based; "
+                f"{what} at global step {self.global_step} (0-based; "
                 f"epoch {self.epoch + 1}/{self.config.epochs}, "
                 f"batch {self.step_in_epoch + 1}/{self.steps_per_epoch}); "
                 "stopped before the update, the last checkpoint is untouched",
@@ -360,6 +383,8 @@ class Trainer:
         """Count the epoch, finalize after the last one, evaluate when due, record, checkpoint."""
         self.epoch += 1
         self.step_in_epoch = 0
+        loss_sum, correct, seen = self.run.sum(self.epoch_sums)
+        self.epoch_sums = [0.0, 0.0, 0.0]
         last = self.epoch == self.config.epochs
         finishing = self._finalize_student() if last else {}
         every = self.config.eval_every
@@ -369,11 +394,15 @@ class Trainer:
                 "epoch": self.epoch,
                 "global_step": self.global_step,
                 "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": loss_sum / seen,
+                "train_accuracy": 100.0 * correct / seen,
                 **finishing,
                 **(self.evaluate() if evaluate else {}),
             }
             self.history.append(record)
             logger.info("epoch %d: %s", self.epoch, record)
+            if self.metrics_path is not None and self.run.is_main:
+                save_metrics_log(self.metrics_path, self.history)
         save_trainer_checkpoint(self, capture_rng_state())
 
     def _finalize_student(self) -> dict[str, float]:
@@ -391,21 +420,3 @@ class Trainer:
             self.recalibrate_batchnorm()
         return {"budget_fit_offset": offset}
 
-
-def _freeze(teacher: nn.Module) -> nn.Module:
-    """Put ``teacher`` in eval mode with gradients off; returns it."""
-    teacher.eval()
-    teacher.requires_grad_(False)
-    return teacher
-
-
-def _param_groups(student: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters split into a decayed group and a ``weight_decay=0`` group."""
-    no_decay_method = getattr(student, "no_weight_decay_parameters", None)
-    no_decay_ids = set() if no_decay_method is None else {id(p) for p in no_decay_method()}
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if id(p) not in no_decay_ids], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if id(p) in no_decay_ids], "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]

@@ -29,6 +29,7 @@ place, so ``path`` never holds half a model.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import json
@@ -79,10 +80,13 @@ def _resolve(constructor: str):
         else:
             import torchvision
 
-            if constructor not in torchvision.models.list_models():
+            known = torchvision.models.list_models()
+            if constructor not in known:
+                close = difflib.get_close_matches(constructor, [*gating_models.MODEL_NAMES, *known], n=5)
+                hint = f"; close matches: {', '.join(close)}" if close else ""
                 raise ValueError(
                     f"constructor {constructor!r} is neither a gating.models name {gating_models.MODEL_NAMES}, a "
-                    "torchvision model name, nor 'module:callable'"
+                    f"torchvision model name, nor 'module:callable'{hint}"
                 )
             target = torchvision.models.get_model_builder(constructor)
     if not callable(target):
@@ -97,7 +101,7 @@ def build(constructor: str, **kwargs: Any) -> nn.Module:
     model name (``"mobilenet_v3_small"``) or ``"module:callable"``; ``kwargs``
     must be JSON values (numbers, strings, booleans, None, lists, dicts).
     """
-    _check_json(kwargs, "constructor kwargs")
+    check_json(kwargs, "constructor kwargs")
     model = _resolve(constructor)(**kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"constructor {constructor!r} returned a {type(model).__name__}, not an nn.Module")
@@ -105,7 +109,8 @@ def build(constructor: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-def _check_json(value: Any, where: str) -> None:
+def check_json(value: Any, where: str) -> None:
+    """``TypeError`` naming ``where`` unless ``value`` survives a JSON round trip unchanged."""
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as err:
@@ -136,7 +141,7 @@ def _recipe(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
         "extra_state": extra,
         "torch_version": str(torch.__version__),
     }
-    _check_json(recipe, "the recipe (constructor kwargs and extra state)")
+    check_json(recipe, "the recipe (constructor kwargs and extra state)")
     return recipe
 
 
