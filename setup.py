@@ -18,12 +18,14 @@ setup(
         "tqdm>=4.60",
         "scipy>=1.10",
         "safetensors>=0.4",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "dev": [
             "pytest>=7.4",
             "pytest-benchmark>=4.0",
             "hypothesis>=6.80",
+            "playwright>=1.40",  # drives the system headless Chromium (apt: chromium-headless-shell)
         ],
     },
     entry_points={"console_scripts": ["gating=gating.cli:run"]},

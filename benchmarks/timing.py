@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from gating.accounting import dense_count, gated_count
+from gating.bench.timing import QUANTILES
+from gating.bench.timing import time_ms as do_bench_ms
 
 from .cases import ConvCase, make_case, recorded_case
 from .checks import check_dense, check_gated
@@ -34,16 +36,11 @@ __all__ = [
     "timing_records",
 ]
 
-QUANTILES = {"median": 0.5, "p20": 0.2, "p80": 0.8}
-"""Time quantiles of every timed record: their names in the record and their values."""
-
 
 def time_ms(fn: Callable[[], object], sweep: Sweep) -> dict[str, float]:
-    """``do_bench`` quantiles of ``fn`` in milliseconds, keyed as in :data:`QUANTILES`."""
-    import triton.testing
-
-    times = triton.testing.do_bench(fn, warmup=sweep.warmup_ms, rep=sweep.rep_ms, quantiles=list(QUANTILES.values()))
-    return dict(zip(QUANTILES, times))
+    """``do_bench`` quantiles of ``fn`` in milliseconds (:func:`gating.bench.timing.time_ms`), keyed as in
+    :data:`QUANTILES`, with the sweep's warm-up and repetition times."""
+    return do_bench_ms(fn, sweep.warmup_ms, sweep.rep_ms)
 
 
 def measure_dense(sweep: Sweep, shape: ConvShape, batch: int, density: float) -> dict[str, object]:

@@ -13,6 +13,9 @@ Public API:
 * ``prune``: static structured pruning (dependency groups, criteria, surgery).
 * ``build``, ``save``, ``load``: a model as safetensors weights plus a JSON
   recipe, rebuilt without pickle (``gating.io.export``).
+* ``engine``: the inference build (``gating.engine.build``; a workflow over
+  the model, so not a ``GatedModel`` method): BatchNorm folded, residual add
+  and ReLU fused, convolutions on the registered ops (``docs/engine.md``).
 * ``train``: ``python -m gating train`` as a function (``run_train``,
   ``TrainRunConfig``), on one process or under ``torchrun``.
 """

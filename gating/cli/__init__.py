@@ -21,9 +21,11 @@ from typing import Sequence
 
 from ..data import DatasetError
 from ..distill import TrainingInterrupted
+from .bench import add_bench_parser, run_bench_command
 from .demo import add_demo_parser, demo_config, parse_seeds, run_demo_command
 from .errors import SIGTERM_STATUS, USAGE_STATUS, CommandError, require_single_process
 from .prune import add_prune_parser, run_prune
+from .report import add_report_parser, run_report_command
 from .train import add_train_parser, run_train_command
 from .train_rl import add_train_rl_parser, run_train_rl_command
 
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_prune_parser(commands)
     add_train_rl_parser(commands)
+    add_bench_parser(commands)
+    add_report_parser(commands)
     return parser
 
 
@@ -80,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_prune(args)
         elif args.command == "train-rl":
             run_train_rl_command(args)
+        elif args.command == "bench":
+            run_bench_command(args)
+        elif args.command == "report":
+            run_report_command(args)
     except TrainingInterrupted as stopped:
         print(f"gating {args.command}: {stopped}; run the same command with --resume", file=sys.stderr)
         return SIGTERM_STATUS
