@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from gating.cli import main
 from gating.rl.workflow import RLConfig
 
-from _helpers import fake_image_folder
+from _helpers import ROOT, fake_image_folder, free_port
 
 TINY = ["--teacher-epochs", "1", "--num-train", "256", "--num-test", "128", "--image-size", "16", "--rounds", "1",
         "--policy-updates", "2", "--no-progress"]
@@ -90,3 +93,19 @@ def test_train_rl_reads_an_image_folder(tmp_path):
 def test_rl_config_defaults_are_valid():
     config = RLConfig()
     assert config.policy_config().budget_low == config.budget_low
+
+
+@pytest.mark.slow
+def test_train_rl_under_torchrun_with_two_gloo_processes_writes_one_result(tmp_path):
+    """Teacher training and fine-tuning run data-parallel, the policy and the static choice are rank 0's."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "gating", "train-rl", "--out", str(out), *TINY, "--rounds", "2",
+               "--param-budget", "0.6", "--static-updates", "2"]
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("[3/3]") == 1  # only rank 0 measures and speaks
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and set(results["budgets"]) == {"0.3", "0.5", "0.7"}
+    assert {"policy-round0.pt", "policy-round1.pt", "static.json", "student_model"} <= {p.name for p in out.iterdir()}

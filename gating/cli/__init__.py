@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     which lets the original exception (and its traceback) through.
     """
     args = build_parser().parse_args(argv)
-    if args.command != "train":
+    if args.command not in ("train", "train-rl"):
         require_single_process(args.command)
     try:
         if args.command == "demo":

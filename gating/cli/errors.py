@@ -35,8 +35,9 @@ def flag_message(message: str, flags: dict[str, str], owners: tuple[str, ...]) -
 
 def require_single_process(command: str) -> None:
     """Refuse (status 2) to run ``command`` in a process that torchrun started as one of several:
-    only ``train`` is data-parallel; the others would each write the same files."""
+    only ``train`` and ``train-rl`` are data-parallel; the others would each write the same files."""
     world_size = os.environ.get("WORLD_SIZE", "1")
     if world_size.isdigit() and int(world_size) > 1:
         raise CommandError(f"gating {command}: runs in one process (WORLD_SIZE={world_size} here); only "
-                           "`gating train` is data-parallel: run this command without torchrun", USAGE_STATUS)
+                           "`gating train` and `gating train-rl` are data-parallel: run this command without torchrun",
+                           USAGE_STATUS)

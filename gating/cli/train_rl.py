@@ -17,6 +17,7 @@ _RL_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--num-test", "num_test", int, "built-in test images"),
     ("--image-size", "image_size", int, "image side in pixels (None: 24 for the built-in data, the data's own otherwise)"),
     ("--width", "width", int, "ResNet-20 base width"),
+    ("--batch-size", "batch_size", int, "batch of teacher training and fine-tuning (global under torchrun)"),
     ("--seed", "seed", int, "seed of data, initialisation, budgets and training order"),
     ("--data", "data", str, "synthetic (built in), cifar10 or imagefolder"),
     ("--root", "root", Path, "dataset folder for cifar10 / imagefolder"),
@@ -59,4 +60,13 @@ def run_train_rl_command(args: argparse.Namespace) -> None:
         flags = {field: flag for flag, field, _, _ in _RL_FLAGS} | {"budgets": "--budgets"}
         raise CommandError(f"gating train-rl: {flag_message(str(error), flags, ('RLConfig',))}",
                            USAGE_STATUS) from None
-    run_train_rl(config)
+    from ..distill import DistributedRun
+
+    try:
+        run = DistributedRun.from_environment()
+    except (ValueError, RuntimeError) as error:
+        raise CommandError(f"gating train-rl: {error}", USAGE_STATUS) from None
+    try:
+        run_train_rl(config, run)
+    finally:
+        run.close()

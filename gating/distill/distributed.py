@@ -136,6 +136,21 @@ class DistributedRun:
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts)
 
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers of ``module`` (no-op in a single process)."""
+        if self.distributed:
+            with torch.no_grad():
+                for tensor in (*module.parameters(), *module.buffers()):
+                    dist.broadcast(tensor.data, src=0)
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's ``value`` (a picklable object) in every process (``value`` itself in a single process)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         """Wait for every process (no-op in a single process)."""
         if self.distributed:
@@ -172,8 +187,9 @@ class DistributedRun:
 
     def _broadcast_buffers(self, model: nn.Module) -> None:
         """Give every process rank 0's buffers (DDP broadcasts them before each forward, not after the last one)."""
-        for buffer in model.buffers():
-            dist.broadcast(buffer.data, src=0)
+        with torch.no_grad():
+            for buffer in model.buffers():
+                dist.broadcast(buffer.data, src=0)
 
     def _comm_device(self) -> torch.device:
         """Where collective tensors live: the GPU for NCCL, the CPU for gloo."""

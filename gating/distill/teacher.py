@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .config import TrainConfig
+from .distributed import DistributedRun
 from .trainer import Trainer
 
 __all__ = ["teacher_recipe", "train_teacher"]
@@ -35,14 +36,16 @@ def train_teacher(
     config: TrainConfig,
     checkpoint_path: Path,
     resume: bool = False,
+    run: DistributedRun | None = None,
 ) -> torch.device:
     """Train ``teacher`` in place with ``config`` (checkpoint at ``checkpoint_path``); returns the device it ran on.
 
     Trained in channels_last for speed, the teacher comes back contiguous
     (NCHW): the gated students built from it, and the measurements, run in
-    that format.
+    that format. ``run``: this process's place in a data-parallel run (the
+    loaders then hold its shares; see :class:`~gating.distill.Trainer`).
     """
-    run = Trainer(teacher, train_loader, test_loader, config, checkpoint_path=checkpoint_path)
-    run.fit(resume=resume)
+    trainer = Trainer(teacher, train_loader, test_loader, config, checkpoint_path=checkpoint_path, run=run)
+    trainer.fit(resume=resume)
     teacher.to(memory_format=torch.contiguous_format)
-    return run.device
+    return trainer.device

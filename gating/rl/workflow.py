@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader
 
 from .. import data, io
 from ..config import GateConfig
-from ..distill import Trainer, TrainConfig, teacher_recipe, train_teacher
+from ..distill import DistributedRun, Trainer, TrainConfig, teacher_recipe, train_teacher
+from ..distill.config import resolve_device
 from ..prune import PruneConfig, prune
 from ..prune.criteria import eval_forward
 from ..measurement import calibration_batch, measure, saved_sizes
@@ -138,24 +139,37 @@ class RLConfig:
         return out
 
 
-def run_train_rl(config: RLConfig) -> dict[str, Any]:
-    """Run the workflow of the module docstring; returns what it writes to ``results.json``."""
+def run_train_rl(config: RLConfig, run: DistributedRun | None = None) -> dict[str, Any] | None:
+    """Run the workflow of the module docstring; returns what it writes to ``results.json`` (``None`` outside
+    the main process).
+
+    ``run``: this process's place in a data-parallel run (default: a single
+    process). Under torchrun the teacher's training and each round's
+    fine-tuning are data-parallel (``gating.distill.Trainer`` with ``run``;
+    ``batch_size`` is the global batch); the PPO policy training and the
+    static search run in every process on the same data and rank 0's result
+    is given to all; only rank 0 measures and writes.
+    """
     started = time.perf_counter()
+    run = run or DistributedRun(device=resolve_device(None))
     torch.manual_seed(config.seed)
     image_size = config.image_size or (SYNTHETIC_IMAGE_SIZE if config.data == "synthetic" else None)
     train_loader, test_loader, classes = data.build_loaders(
         config.data, root=config.root, batch_size=config.batch_size, num_train=config.num_train,
         num_test=config.num_test, image_size=image_size, seed=config.seed,
     )
-    config.out.mkdir(parents=True, exist_ok=True)
+    share_train, share_test = _shares(train_loader, test_loader, config, run)
+    if run.is_main:
+        config.out.mkdir(parents=True, exist_ok=True)
+    run.barrier()
     source = "built-in" if config.data == "synthetic" else f"{config.data} ({config.root})"
-    print(f"[1/3] teacher: ResNet-20 (width {config.width}) on {len(train_loader.dataset)} {source} images", flush=True)
+    _say(run, f"[1/3] teacher: ResNet-20 (width {config.width}) on {len(train_loader.dataset)} {source} images")
     teacher = io.build("resnet20", num_classes=classes, width=config.width)
-    device = train_teacher(teacher, train_loader, test_loader,
-                           teacher_recipe(config.teacher_epochs, seed=config.seed, progress=config.progress),
-                           config.out / "teacher.ckpt", resume=config.resume)
+    recipe = teacher_recipe(config.teacher_epochs, seed=config.seed, progress=config.progress, device=str(run.device))
+    device = train_teacher(teacher, share_train, share_test, recipe, config.out / "teacher.ckpt",
+                           resume=config.resume, run=run)
 
-    print(f"[2/3] student: runtime gates, {config.rounds} rounds of policy training and fine-tuning", flush=True)
+    _say(run, f"[2/3] student: runtime gates, {config.rounds} rounds of policy training and fine-tuning")
     student = GatedModel(teacher, GateConfig(kind="runtime", channel_group=config.channel_group)).to(device)
     static = None
     policy = BudgetPolicy([layer.in_channels for layer in student.gated_layers().values()], config.hidden).to(device)
@@ -167,24 +181,32 @@ def run_train_rl(config: RLConfig) -> dict[str, Any]:
             # The static importance has trained for a round: remove what it ranks last, then a new policy
             # for the smaller layers (the old one's encoders no longer fit them).
             controller.remove()
-            static = _static_pruning(student, train_loader, config, device)
+            static = _static_pruning(student, train_loader, config, device, run)
             policy = BudgetPolicy([layer.in_channels for layer in student.gated_layers().values()],
                                   config.hidden).to(device)
             controller = BudgetController(student, policy)
         policy_file = config.out / f"policy-round{round_index}.pt"
         student_file = config.out / f"student-round{round_index}.ckpt"
+        finetune = _finetune_config(config, run)
         if config.resume and policy_file.is_file() and student_file.is_file():
             policy.load_state_dict(torch.load(policy_file, map_location=device, weights_only=True))
-            Trainer(student, train_loader, test_loader, _finetune_config(config), teacher=teacher,
-                    checkpoint_path=student_file).fit(resume=True)
+            Trainer(student, share_train, share_test, finetune, teacher=teacher, checkpoint_path=student_file,
+                    run=run).fit(resume=True)
             continue
         train_policy(student, policy_loader, config.policy_config(), controller)
-        io.atomic_save(policy.state_dict(), policy_file)
+        run.broadcast_module(policy)  # every process trained the same policy; rank 0's is the one saved
+        if run.is_main:
+            io.atomic_save(policy.state_dict(), policy_file)
         controller.budget_range = (config.budget_low, config.budget_high)
-        Trainer(student, train_loader, test_loader, _finetune_config(config), teacher=teacher,
-                checkpoint_path=student_file).fit(resume=config.resume)
+        if run.distributed:  # each process draws its own share's budgets
+            controller.generator.manual_seed(run.rank)
+        Trainer(student, share_train, share_test, finetune, teacher=teacher, checkpoint_path=student_file,
+                run=run).fit(resume=config.resume)
         controller.budget_range = None
 
+    if not run.is_main:
+        run.barrier()
+        return None
     print("[3/3] measuring every budget on the test set, policy and fixed schedule", flush=True)
     teacher_accuracy, _ = measure(teacher, test_loader, device)
     calibration = calibration_batch(train_loader, config.calibration_images, device)
@@ -208,19 +230,41 @@ def run_train_rl(config: RLConfig) -> dict[str, Any]:
         "static_pruning": static,
         "storage": saved_sizes({"teacher": teacher, "student": student}, config.out),
         "config": config.to_dict(),
+        "world_size": run.world_size,
         "device": str(device),
     }
-    return io.publish_results(results, config.out / "results.json", started, table(results))
+    results = io.publish_results(results, config.out / "results.json", started, table(results))
+    run.barrier()
+    return results
 
 
-def _static_pruning(student: GatedModel, loader: DataLoader, config: RLConfig, device: torch.device) -> dict[str, Any]:
+def _shares(train_loader: DataLoader, test_loader: DataLoader, config: RLConfig,
+            run: DistributedRun) -> tuple[DataLoader, DataLoader]:
+    """The loaders the data-parallel training reads: this process's share of each global batch and of the test
+    set (``GlobalBatchSampler`` / ``ShardSampler``); the loaders themselves in a single process."""
+    if not run.distributed:
+        return train_loader, test_loader
+    train, test = train_loader.dataset, test_loader.dataset
+    batches = data.GlobalBatchSampler(len(train), config.batch_size, config.seed, run.rank, run.world_size)
+    shard = data.ShardSampler(len(test), run.rank, run.world_size)
+    return DataLoader(train, batch_sampler=batches), DataLoader(test, batch_size=config.batch_size, sampler=shard)
+
+
+def _say(run: DistributedRun, message: str) -> None:
+    if run.is_main:
+        print(message, flush=True)
+
+
+def _static_pruning(student: GatedModel, loader: DataLoader, config: RLConfig, device: torch.device,
+                    run: DistributedRun) -> dict[str, Any]:
     """Search per-layer static ratios for ``config.param_budget`` and remove the channels (module docstring).
 
     The search's choice is kept in ``OUT/static.json`` so that ``resume``
     replays the same cuts before loading the fine-tuned checkpoints. Returns
     what ``results.json`` records: the kept fraction per group, the measured
     parameter ratio and calibration loss of the policy's choice and of one
-    global threshold on the static importance at the same budget.
+    global threshold on the static importance at the same budget. In a
+    data-parallel run every process searches and rank 0's record is used.
     """
     record_file = config.out / "static.json"
     example = loader.dataset[0][0][None].to(device)
@@ -231,7 +275,7 @@ def _static_pruning(student: GatedModel, loader: DataLoader, config: RLConfig, d
         count = min(config.static_images, len(loader.dataset))
         inputs = calibration_batch(loader, count, device)
         targets = torch.tensor([int(loader.dataset[i][1]) for i in range(count)], device=device)
-        print(f"      static policy: per-layer ratios for {config.param_budget} of the parameters", flush=True)
+        _say(run, f"      static policy: per-layer ratios for {config.param_budget} of the parameters")
         search = search_static_ratios(student, example, inputs, targets, config.static_config())
         baseline = copy.deepcopy(student)
         with warnings.catch_warnings():  # a comparison only: its round_to floors are not the user's concern
@@ -252,12 +296,13 @@ def _static_pruning(student: GatedModel, loader: DataLoader, config: RLConfig, d
             "global_threshold": {"param_ratio": sum(p.numel() for p in baseline.parameters()) / total,
                                  "calibration_loss": baseline_loss},
         }
-        io.atomic_write_json(record, record_file)
+        record = run.broadcast_object(record)
+        if run.is_main:
+            io.atomic_write_json(record, record_file)
     prune_static(student, example, {int(k): torch.tensor(v, dtype=torch.int64) for k, v in record["keep"].items()})
-    print(f"      removed channels ({record['chosen']}): {record['param_ratio']:.3f} of the parameters stay (calibration loss "
+    _say(run, f"      removed channels ({record['chosen']}): {record['param_ratio']:.3f} of the parameters stay (calibration loss "
           f"{record['calibration_loss']:.3f}; one fraction everywhere: {record['uniform']['calibration_loss']:.3f}; "
-          f"one global threshold: {record['global_threshold']['calibration_loss']:.3f})",
-          flush=True)
+          f"one global threshold: {record['global_threshold']['calibration_loss']:.3f})")
     return record
 
 
@@ -267,9 +312,9 @@ def _measured_ratio(model: GatedModel, loader: DataLoader, device: torch.device)
     return accuracy, report.macs_executed / report.macs_dense
 
 
-def _finetune_config(config: RLConfig) -> TrainConfig:
+def _finetune_config(config: RLConfig, run: DistributedRun) -> TrainConfig:
     return TrainConfig(epochs=config.finetune_epochs, lr=config.student_lr, kd_alpha=0.5, eval_every=None,
-                       max_grad_norm=5.0, seed=config.seed, progress=config.progress)
+                       max_grad_norm=5.0, seed=config.seed, progress=config.progress, device=str(run.device))
 
 
 def table(results: dict[str, Any]) -> str:
