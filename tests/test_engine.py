@@ -158,6 +158,23 @@ def test_float64_build_equals_the_eval_model(name: str, kind: str) -> None:
         assert (residual_calls(built) > 0) == fuse_residual  # every one of these networks has residual adds
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_dense_convs_on_cudnn_equal_the_eval_model_and_fastest_uses_the_op_off_cuda(kind: str) -> None:
+    model = source("resnet20", kind, torch.float64)
+    x = images().double()
+    expected = run(model, x)
+    on_cudnn = build(model, dense="cudnn")
+    assert relative_error(on_cudnn(x), expected) <= TOLERANCE64
+    dense = [m for m in on_cudnn.modules() if isinstance(m, DenseConvInference)]
+    assert dense and all(m.packed_weight is None and m.weight is not None for m in dense)
+    fastest = build(model)  # the default: the faster backend per shape, timed on CUDA only
+    assert relative_error(fastest(x), expected) <= TOLERANCE64
+    dense = [m for m in fastest.modules() if isinstance(m, DenseConvInference)]
+    assert dense and all(m.backend == "fastest" and m.choices == {} for m in dense)
+    with pytest.raises(ValueError, match="dense must be one of"):
+        build(model, dense="tensorrt")
+
+
 @pytest.mark.parametrize("name, kind", CASES)
 def test_float32_build_is_within_pytorch_float32_error(name: str, kind: str) -> None:
     model32, model64 = source(name, kind), source(name, kind, torch.float64)

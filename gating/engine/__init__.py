@@ -11,7 +11,7 @@
 """
 
 from .build import BUILD_DTYPES, build
-from .dense import DenseConvInference, fold_conv_batchnorm
+from .dense import DENSE_BACKENDS, DenseConvInference, fold_conv_batchnorm
 from .inference import InferenceModel
 
-__all__ = ["BUILD_DTYPES", "DenseConvInference", "InferenceModel", "build", "fold_conv_batchnorm"]
+__all__ = ["BUILD_DTYPES", "DENSE_BACKENDS", "DenseConvInference", "InferenceModel", "build", "fold_conv_batchnorm"]

@@ -20,6 +20,7 @@ from kernels import TRITON_AVAILABLE
 
 from ..gates import ChannelGatedConv2d
 from .convert import INFERENCE_MODULES, convert
+from .dense import DENSE_BACKENDS
 from .inference import InferenceModel
 from .trace import input_node, trace_network
 
@@ -36,6 +37,7 @@ def build(
     device: torch.device | str | None = None,
     fuse_residual: bool = True,
     cuda_graph: bool = False,
+    dense: str = "fastest",
 ) -> InferenceModel:
     """Build ``model`` (a ``GatedModel`` or a plain ``nn.Module``) for inference; ``model`` is not changed.
 
@@ -53,6 +55,10 @@ def build(
         fuse_residual: fuse the add of ``relu(bn(conv(x)) + identity)`` into
             the convolution's epilogue (its two operands must have the same
             shape, as in residual blocks).
+        dense: where dense convolutions run: ``"fastest"`` (per input shape,
+            the faster of ``gating::conv2d`` and cuDNN, timed once on the
+            first call on CUDA; the op elsewhere), ``"kernel"`` or ``"cudnn"``
+            (:data:`~gating.engine.dense.DENSE_BACKENDS`).
         cuda_graph: replay a CUDA graph captured for the first input shape
             (recaptured on a new shape; :mod:`gating.engine.cuda_graph`).
             Needs a CUDA ``device``.
@@ -76,10 +82,12 @@ def build(
             its class and why); float64 on CUDA with the Triton kernels.
     """
     dtype, device = _check_arguments(model, dtype, device, fuse_residual, cuda_graph)
+    if dense not in DENSE_BACKENDS:
+        raise ValueError(f"gating.engine.build: dense must be one of {DENSE_BACKENDS}, got {dense!r}")
     _warn_uncalibrated(model)
     network = trace_network(model).to(device)
     in_channels = _input_channels(network)
-    notes = convert(network, dtype, _fold_dtype(model, dtype), fuse_residual=fuse_residual)
+    notes = convert(network, dtype, _fold_dtype(model, dtype), fuse_residual=fuse_residual, dense=dense)
     _cast_unconverted(network, dtype)
     network.requires_grad_(False)
     for note in notes:

@@ -69,7 +69,7 @@ def _absorbs(module: nn.Module) -> Absorbs | None:
 
 
 def _replacement(
-    chain: Chain, conv: nn.Module, bn: nn.Module | None, dtype: torch.dtype, fold_dtype: torch.dtype
+    chain: Chain, conv: nn.Module, bn: nn.Module | None, dtype: torch.dtype, fold_dtype: torch.dtype, dense: str
 ) -> nn.Module:
     """The inference module of one chain (folding on copies of ``conv`` and ``bn`` cast to ``fold_dtype``)."""
     name, relu = str(chain.conv.target), chain.relu is not None
@@ -81,7 +81,7 @@ def _replacement(
         return _vectors_at(RuntimeConvInference(conv, fold_runtime_conv(conv, dtype), relu=relu), dtype)
     if unsupported_reason(conv) is not None:
         return folded_conv2d(conv, bn, dtype)
-    return DenseConvInference(conv, bn, dtype, relu=relu, name=name)
+    return DenseConvInference(conv, bn, dtype, relu=relu, name=name, backend=dense)
 
 
 def _vectors_at(module: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -152,8 +152,12 @@ def _batchnorm_reason(gm: fx.GraphModule, node: fx.Node, bn: nn.BatchNorm2d) -> 
 
 
 @torch.no_grad()
-def convert(gm: fx.GraphModule, dtype: torch.dtype, fold_dtype: torch.dtype, *, fuse_residual: bool) -> list[str]:
+def convert(
+    gm: fx.GraphModule, dtype: torch.dtype, fold_dtype: torch.dtype, *, fuse_residual: bool, dense: str = "fastest"
+) -> list[str]:
     """Replace every chain of ``gm`` (eval mode, on the build device) in place; returns the fallback notes.
+
+    ``dense``: the backend of dense convolutions (``DENSE_BACKENDS``).
 
     Modules called more than once keep their PyTorch module. Depthwise
     convolutions run as folded ``F.conv2d`` without a note (the op takes
@@ -170,7 +174,7 @@ def convert(gm: fx.GraphModule, dtype: torch.dtype, fold_dtype: torch.dtype, *, 
     for chain in chains:
         conv = gm.get_submodule(str(chain.conv.target))
         bn = None if chain.bn is None else gm.get_submodule(str(chain.bn.target))
-        _replace(gm, chain, _replacement(chain, conv, bn, dtype, fold_dtype))
+        _replace(gm, chain, _replacement(chain, conv, bn, dtype, fold_dtype, dense))
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
