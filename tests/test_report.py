@@ -45,6 +45,8 @@ class Page(HTMLParser):
                 self._row = attributes["data-layer"]
             elif "data-model" in attributes:
                 self._row = f"{attributes['data-model']} b{attributes['data-batch']}"
+            elif "data-shape" in attributes:
+                self._row = f"{attributes['data-shape']} b{attributes['data-batch']} d{attributes['data-density']}"
         elif tag == "td" and "data-field" in attributes:
             self._field = attributes["data-field"]
             self.cells[(self._row, self._field)] = ""
@@ -190,3 +192,59 @@ def test_a_bad_bench_json_is_a_one_line_error(run_dir, tmp_path):
         main(["report", str(run_dir), "--bench", str(path), "--out", str(tmp_path / "r.html")])
     assert caught.value.status == 1 and str(path) in caught.value.message
     assert "python -m gating bench" in caught.value.message
+
+
+@pytest.fixture(scope="module")
+def kernel_sweep(tmp_path_factory) -> Path:
+    """The counted kernel sweep of ``python -m benchmarks.run_gpu --count-only --quick`` (about 1 s)."""
+    from benchmarks.run_gpu import main as run_gpu
+
+    out = tmp_path_factory.mktemp("kernels") / "counts.json"
+    assert run_gpu(["--count-only", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def _kernel_key(record: dict) -> str:
+    return f"{record['shape']} b{record['batch']} d{record['target_density']}"
+
+
+def test_a_counted_kernel_sweep_shows_its_ideal_speedups_and_says_it_was_not_timed(run_dir, kernel_sweep, tmp_path):
+    out = tmp_path / "r.html"
+    assert main(["report", str(run_dir), "--kernels", str(kernel_sweep), "--out", str(out)]) == 0
+    page = _page(out)
+    assert "kernels-not-timed" in page.ids
+    records = [r for r in json.loads(kernel_sweep.read_text())["counts"] if r["mask_source"] == "blob"]
+    assert records
+    for record in records:
+        key = _kernel_key(record)
+        assert page.cells[(key, "ideal_speedup")] == fmt_speedup(record["ideal_speedup"])
+        assert page.cells[(key, "density")] == fmt_ratio(record["measured_density"])
+        assert page.cells[(key, "speedup")] == "n/a"
+    _check_images(page, 2)  # the run's two figures; a counted sweep has no measured-vs-ideal figure
+
+
+def test_a_timed_kernel_sweep_shows_measured_against_ideal(run_dir, kernel_sweep, tmp_path):
+    """A timed sweep's records carry ``speedup`` and ``roofline_ideal_speedup``; made here from the counted one."""
+    sweep = json.loads(kernel_sweep.read_text())
+    timed = [r | {"roofline_ideal_speedup": r["ideal_bytes_speedup"], "speedup": 0.5 * r["ideal_speedup"],
+                  "speedup_over_roofline_ideal": 0.5 * r["ideal_speedup"] / r["ideal_bytes_speedup"]}
+             for r in sweep.pop("counts") if r["mask_source"] == "blob"]
+    path = tmp_path / "timed.json"
+    path.write_text(json.dumps(sweep | {"gated": timed}))
+    out = tmp_path / "r.html"
+    assert main(["report", str(run_dir), "--kernels", str(path), "--out", str(out)]) == 0
+    page = _page(out)
+    assert "kernels-not-timed" not in page.ids
+    for record in timed:
+        key = _kernel_key(record)
+        assert page.cells[(key, "speedup")] == fmt_speedup(record["speedup"])
+        assert page.cells[(key, "roofline_ideal_speedup")] == fmt_speedup(record["roofline_ideal_speedup"])
+        assert page.cells[(key, "speedup_over_roofline_ideal")] == fmt_speedup(record["speedup_over_roofline_ideal"])
+    _check_images(page, 3)
+
+
+def test_a_json_that_is_no_kernel_sweep_is_a_one_line_error(run_dir, bench_json, tmp_path):
+    with pytest.raises(CommandError) as caught:
+        main(["report", str(run_dir), "--kernels", str(bench_json), "--out", str(tmp_path / "r.html")])
+    assert caught.value.status == 1 and str(bench_json) in caught.value.message
+    assert "not a gated_conv2d kernel sweep" in caught.value.message and "\n" not in caught.value.message

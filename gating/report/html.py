@@ -176,14 +176,46 @@ def _bench_section(bench: dict[str, Any], source: str, figures: dict[str, bytes]
     return "".join(parts)
 
 
+def _kernel_row(record: dict[str, Any], timed: bool) -> str:
+    cells = [_cell("batch", str(record["batch"])), _cell("density", fmt_ratio(record.get("measured_density"))),
+             _cell("ideal_speedup", fmt_speedup(record["ideal_speedup"])),
+             _cell("roofline_ideal_speedup", fmt_speedup(record.get("roofline_ideal_speedup"))),
+             _cell("speedup", fmt_speedup(record["speedup"] if timed else None)),
+             _cell("speedup_over_roofline_ideal", fmt_speedup(record["speedup_over_roofline_ideal"] if timed else None))]
+    return (f'<tr data-shape="{escape(record["shape"])}" data-batch="{record["batch"]}" '
+            f'data-density="{record["target_density"]}"><td>{escape(record["shape"])}</td>{"".join(cells)}</tr>')
+
+
+def _kernel_section(timed: bool, records: list[dict[str, Any]], source: str, figure: bytes | None) -> str:
+    parts = ['<section id="kernels"><h2>Kernel sweep: measured against ideal speedup per layer and density</h2>',
+             f"<p>From <code>{escape(source)}</code>, one row per layer shape, batch and gate density "
+             "(spatially coherent masks).</p>"]
+    if not timed:
+        parts.append('<p class="note" id="kernels-not-timed">This sweep was counted only (run_gpu --count-only): '
+                     "the ideal speedups its counts imply are shown; measured speedups need python -m "
+                     "benchmarks.run_gpu on a CUDA GPU.</p>")
+    if figure is not None:
+        parts.append(_figure(figure, "kernel measured vs ideal speedup", "Measured speedup of the gated kernel "
+                             "over cuDNN against the roofline-ideal speedup of its executed counts."))
+    head = ("<tr><th>layer shape</th><th>batch</th><th>density</th><th>ideal speedup (MACs)</th>"
+            "<th>ideal speedup (roofline)</th><th>measured speedup over cuDNN</th><th>measured / roofline ideal</th></tr>")
+    rows = "".join(_kernel_row(record, timed) for record in records)
+    parts.append(f'<table id="kernel-table">{head}{rows}</table></section>')
+    return "".join(parts)
+
+
 def render_page(title: str, run: RunData, figures: dict[str, bytes], bench: dict[str, Any] | None = None,
-                bench_source: str = "", bench_figures: dict[str, bytes] | None = None) -> str:
+                bench_source: str = "", bench_figures: dict[str, bytes] | None = None,
+                kernels: tuple[bool, list[dict[str, Any]]] | None = None, kernels_source: str = "",
+                kernels_figure: bytes | None = None) -> str:
     """The whole page as a string (UTF-8 HTML5).
 
     ``figures``: ``accuracy_vs_macs`` and (when the run has gated layers)
     ``layer_densities`` PNGs; ``bench`` (a bench JSON as read) with its path
     ``bench_source`` and ``bench_figures`` (``speedups`` when timed, and
-    ``bench_layers:<model> b<batch>`` per benched model).
+    ``bench_layers:<model> b<batch>`` per benched model); ``kernels``
+    (``inputs.kernel_records`` of a kernel sweep) with its path and, when
+    timed, its ``kernel_speedups`` figure.
     """
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
@@ -192,5 +224,7 @@ def render_page(title: str, run: RunData, figures: dict[str, bytes], bench: dict
     parts.append(_layer_section(run, figures))
     if bench is not None:
         parts.append(_bench_section(bench, bench_source, bench_figures or {}))
+    if kernels is not None:
+        parts.append(_kernel_section(*kernels, kernels_source, kernels_figure))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -11,6 +11,11 @@ one record per epoch; those with ``accuracy`` and ``macs_ratio`` (the
 epochs that were evaluated) become per-epoch points.
 
 A bench JSON is one written by ``python -m gating bench`` (``gating.bench.run``).
+A kernel-sweep JSON is one written by ``python -m benchmarks.run_gpu``:
+timed on CUDA it holds ``gated`` records (per layer shape, batch and
+density: ``speedup`` over cuDNN, ``ideal_speedup`` from the MACs,
+``roofline_ideal_speedup``), with ``--count-only`` ``counts`` records (the
+ideal speedups only).
 Anything missing or unreadable raises :class:`ReportInputError`, one line
 naming the path and what is expected.
 """
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EpochPoint", "ReportInputError", "RunData", "load_bench", "load_run"]
+__all__ = ["EpochPoint", "ReportInputError", "RunData", "kernel_records", "load_bench", "load_kernels", "load_run"]
 
 _RUN_KEYS = ("teacher_accuracy", "student_accuracy", "teacher_macs", "macs_executed", "layers", "report")
 _BENCH_KEYS = ("benchmark", "environment", "parameters", "timing", "records")
@@ -113,3 +118,22 @@ def load_bench(path: Path) -> dict[str, Any]:
     if missing:
         raise ReportInputError(f"{path} lacks {', '.join(missing)}; expected {expected}")
     return bench
+
+
+def load_kernels(path: Path) -> dict[str, Any]:
+    """Read a kernel-sweep JSON of ``python -m benchmarks.run_gpu`` (module docstring)."""
+    path = Path(path)
+    expected = "a JSON written by python -m benchmarks.run_gpu (timed, or with --count-only)"
+    sweep = _read_json(path, expected)
+    if not isinstance(sweep, dict) or sweep.get("benchmark") != "gated_conv2d":
+        raise ReportInputError(f"{path} is not a gated_conv2d kernel sweep; expected {expected}")
+    if not isinstance(sweep.get("gated", sweep.get("counts")), list):
+        raise ReportInputError(f"{path} holds neither gated (timed) nor counts records; expected {expected}")
+    return sweep
+
+
+def kernel_records(sweep: dict[str, Any]) -> tuple[bool, list[dict[str, Any]]]:
+    """``(timed, records)``: the sweep's gated records (timed) or count records (``--count-only``) of blob masks."""
+    timed = "gated" in sweep
+    records = sweep["gated"] if timed else sweep["counts"]
+    return timed, [r for r in records if r.get("mask_source", "blob") == "blob"]

@@ -8,9 +8,9 @@ from typing import Any
 from ..io import atomic_write
 from . import plots
 from .html import render_page
-from .inputs import RunData, load_bench, load_run
+from .inputs import RunData, kernel_records, load_bench, load_kernels, load_run
 
-__all__ = ["make_report", "run_figures", "bench_figures"]
+__all__ = ["bench_figures", "kernel_figure", "make_report", "run_figures"]
 
 
 def run_figures(run: RunData) -> dict[str, bytes]:
@@ -50,9 +50,19 @@ def bench_figures(bench: dict[str, Any]) -> dict[str, bytes]:
     return figures
 
 
-def make_report(run_dir: Path, bench: Path | None = None, out: Path | None = None) -> Path:
-    """Write the report page of the run folder ``run_dir`` (with the bench JSON ``bench``) to ``out``
-    (default ``run_dir / "report.html"``), atomically; returns its path.
+def kernel_figure(timed: bool, records: list[dict[str, Any]]) -> bytes | None:
+    """The kernel sweep's measured-vs-ideal PNG when it was timed (``None`` for a counted-only sweep)."""
+    if not timed or not records:
+        return None
+    return plots.kernel_speedups([r["roofline_ideal_speedup"] for r in records], [r["speedup"] for r in records],
+                                 [r["measured_density"] for r in records])
+
+
+def make_report(run_dir: Path, bench: Path | None = None, out: Path | None = None,
+                kernels: Path | None = None) -> Path:
+    """Write the report page of the run folder ``run_dir`` (with the bench JSON ``bench`` and the kernel sweep
+    ``kernels`` of ``python -m benchmarks.run_gpu``) to ``out`` (default ``run_dir / "report.html"``),
+    atomically; returns its path.
 
     Raises:
         gating.report.ReportInputError: ``run_dir`` lacks a readable ``results.json``, or ``bench`` is not a
@@ -61,9 +71,11 @@ def make_report(run_dir: Path, bench: Path | None = None, out: Path | None = Non
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     bench_data = None if bench is None else load_bench(Path(bench))
+    sweep = None if kernels is None else kernel_records(load_kernels(Path(kernels)))
     page = render_page(
         f"Gating report: {run_dir}", run, run_figures(run), bench=bench_data, bench_source=str(bench or ""),
         bench_figures=None if bench_data is None else bench_figures(bench_data),
+        kernels=sweep, kernels_source=str(kernels or ""), kernels_figure=None if sweep is None else kernel_figure(*sweep),
     )  # fmt: skip
     out = run_dir / "report.html" if out is None else Path(out)
     atomic_write(out, lambda f: f.write(page.encode("utf-8")))

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from .inputs import EpochPoint
 
-__all__ = ["accuracy_vs_macs", "layer_densities", "layer_reductions", "speedups"]
+__all__ = ["accuracy_vs_macs", "kernel_speedups", "layer_densities", "layer_reductions", "speedups"]
 
 DPI = 100
 
@@ -105,4 +105,19 @@ def layer_reductions(title: str, names: Sequence[str], macs: Sequence[float], by
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=7)
     axes.grid(axis="x", alpha=0.3)
+    return _png(figure)
+
+
+def kernel_speedups(ideal: Sequence[float], measured: Sequence[float], densities: Sequence[float]) -> bytes:
+    """Measured speedup of the gated kernel over cuDNN against its ideal speedup, one point per (layer shape,
+    batch, density), coloured by density; the diagonal is "as fast as the counts allow"."""
+    figure = Figure(figsize=(6, 4.5))
+    axes = figure.add_subplot()
+    points = axes.scatter(ideal, measured, c=densities, cmap="viridis", s=18)
+    top = max([*ideal, *measured, 1.0])
+    axes.plot([0, top], [0, top], "--", color="tab:gray", label="measured = ideal")
+    axes.set_xlabel("ideal speedup (roofline of the executed counts)")
+    axes.set_ylabel("measured speedup over cuDNN")
+    figure.colorbar(points, ax=axes, label="gate density")
+    axes.legend(loc="upper left")
     return _png(figure)
