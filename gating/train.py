@@ -145,13 +145,14 @@ class TrainRunConfig:
         """The settings a resumed run must share, flat: run fields, then ``gate.<field>`` and ``train.<field>``.
 
         Left out: ``out``, ``resume``, ``num_workers`` and the training
-        ``device`` and ``progress`` (they do not change the result).
+        ``device``, ``progress`` and ``checkpoint_every`` (they do not change
+        the result).
         """
         flat = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
                 if f.name not in ("out", "resume", "num_workers", "gate", "train")}
         flat.update({f"gate.{key}": _plain(value) for key, value in self.gate.to_dict().items()})
         flat.update({f"train.{key}": _plain(value) for key, value in dataclasses.asdict(self.train).items()
-                     if key not in ("device", "progress")})
+                     if key not in ("device", "progress", "checkpoint_every")})
         return flat
 
     def teacher_config(self) -> TrainConfig:
