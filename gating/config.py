@@ -13,6 +13,13 @@ from typing import Any
 from kernels.spec import GateSpec
 
 
+
+def require_int(owner: str, name: str, value: object, minimum: int) -> None:
+    """``ValueError`` ``"<owner>.<name> must be an int >= <minimum>, got <value>"`` unless ``value`` is such an int
+    (a bool is not); the one check of the workflow configs' count fields."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be an int >= {minimum}, got {value!r}")
+
 def differing_settings(
     saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any], ignore: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], list[str]]:

@@ -39,7 +39,7 @@ from kernels import GateSpec
 from . import data, io
 from .accounting import Report
 from .recorder import count_model
-from .config import GateConfig
+from .config import GateConfig, require_int
 from .distill import Trainer, TrainConfig, teacher_recipe, train_teacher, with_teacher_logits
 from .measurement import calibration_batch, measure, saved_sizes
 from .model import GatedModel
@@ -154,13 +154,9 @@ class DemoConfig:
         self.out = Path(self.out)
         for name in ("teacher_epochs", "student_epochs", "num_train", "num_test", "batch_size", "width",
                      "calibration_images", "student_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DemoConfig.{name} must be an int >= 1, got {value!r}")
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
-            raise ValueError(f"DemoConfig.image_size must be an int >= 8, got {self.image_size!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"DemoConfig.seed must be an int >= 0, got {self.seed!r}")
+            require_int("DemoConfig", name, getattr(self, name), 1)
+        require_int("DemoConfig", "image_size", self.image_size, 8)
+        require_int("DemoConfig", "seed", self.seed, 0)
         if not 0.0 < self.target_flops <= 1.0:
             raise ValueError(f"DemoConfig.target_flops must be in (0, 1], got {self.target_flops!r}")
         if self.budget_ramp_start < self.target_flops:

@@ -189,6 +189,11 @@ class GatedModel(nn.Module):
         """Per gated layer: fraction of (sample, group, pixel) decisions on in the last forward."""
         return {name: layer.density() for name, layer in self.gated_layers().items()}
 
+    def recorded_calls(self) -> list[RecordedCall]:
+        """The counted layer calls of the last forward, in execution order (what ``report()`` counts, one
+        ``LayerCount`` per call, with each gated call's decisions)."""
+        return list(self._recorder.calls)
+
     def report(self) -> Report:
         """MACs and bytes per counted layer and in total for the last forward."""
         if not self._recorder.calls:

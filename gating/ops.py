@@ -64,7 +64,9 @@ __all__ = [
     "FoldedRuntimeConv",
     "GatedConvInference",
     "RuntimeConvInference",
+    "batchnorm_affine",
     "channel_sparse_conv2d",
+    "conv_bias",
     "conv2d",
     "fold_gated_conv",
     "fold_runtime_conv",
@@ -128,9 +130,9 @@ def fold_gated_conv(
         if bn.running_mean is None or bn.running_var is None:
             raise ValueError(f"{layer.layer_name}: bn, the BatchNorm to fold, tracks no running statistics")
     gate_scale, gate_shift = layer.folded_gate()
-    bias = _bias(layer.bias, layer.out_channels, gate_scale)
+    bias = conv_bias(layer.bias, layer.out_channels, gate_scale)
     gate_shift = gate_shift + gate_scale * bias
-    scale, shift = _batchnorm_affine(bias, bn)
+    scale, shift = batchnorm_affine(bias, bn)
     return FoldedGatedConv(
         weight=pack_weight(layer.weight.detach().to(dtype or layer.weight.dtype)),
         gate_scale=gate_scale.contiguous(),
@@ -144,12 +146,12 @@ def fold_gated_conv(
     )
 
 
-def _bias(bias: torch.Tensor | None, channels: int, like: torch.Tensor) -> torch.Tensor:
+def conv_bias(bias: torch.Tensor | None, channels: int, like: torch.Tensor) -> torch.Tensor:
     """The conv bias in ``like``'s dtype and device, zeros ``[channels]`` when there is none."""
     return like.new_zeros(channels) if bias is None else bias.detach().to(like.dtype)
 
 
-def _batchnorm_affine(bias: torch.Tensor, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+def batchnorm_affine(bias: torch.Tensor, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)`` ``[C_out]`` in bias's dtype of ``bn(y + bias)`` as ``y*scale + shift`` (eval statistics).
 
     ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta + (bias -
@@ -264,8 +266,8 @@ def fold_runtime_conv(layer: RuntimeGatedConv2d, dtype: torch.dtype | None = Non
     if bn is not None and (bn.running_mean is None or bn.running_var is None):
         raise ValueError(f"{layer.layer_name}: bn, the BatchNorm to fold, tracks no running statistics")
     wide = torch.promote_types(layer.weight.dtype, torch.float32)
-    bias = _bias(layer.bias, layer.out_channels, layer.weight.new_empty(0, dtype=wide))
-    scale, shift = _batchnorm_affine(bias, bn)
+    bias = conv_bias(layer.bias, layer.out_channels, layer.weight.new_empty(0, dtype=wide))
+    scale, shift = batchnorm_affine(bias, bn)
     conv = layer.conv
     return FoldedRuntimeConv(
         weight=pack_weight(layer.weight.detach().to(dtype or layer.weight.dtype)),

@@ -34,8 +34,6 @@ def load_teacher(path: Path, model: str, model_args: dict[str, Any], num_classes
     path = Path(path)
     if path.is_dir():
         return _from_folder(path, model, model_args, num_classes)
-    if not path.is_file():
-        raise io.CheckpointError(f"teacher checkpoint {path} does not exist")
     state = _state_dict(path)
     teacher = io.build(model, num_classes=num_classes, **model_args)
     head = _head(teacher)
@@ -68,14 +66,11 @@ def _from_folder(path: Path, model: str, model_args: dict[str, Any], num_classes
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The model weights in ``path``: a gating checkpoint's ``model_state`` or a plain state dict."""
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
-        raise io.CheckpointError(f"teacher checkpoint {path} is unreadable: {type(error).__name__}: "
-                                 f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    """The model weights in ``path``: a gating checkpoint's ``model_state`` or a plain state dict (read once)."""
+    loaded = io.load_torch_file(path, what="teacher checkpoint")
     if isinstance(loaded, dict) and loaded.get("format") == io.FORMAT:
-        loaded = io.load_checkpoint(path)["model_state"]
+        io.validate_checkpoint(loaded, path)
+        loaded = loaded["model_state"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise io.CheckpointError(f"teacher checkpoint {path} holds no state dict (a dict of tensors)")
     if any(key.startswith("model.") for key in loaded) and "_extra_state" in loaded:

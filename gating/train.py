@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import data, io
-from .config import GateConfig
+from .config import GateConfig, require_int
 from .distill import DistributedRun, Trainer, TrainConfig, with_teacher_logits
 from .measurement import calibration_batch, measure, saved_sizes
 from .model import GatedModel
@@ -123,13 +123,13 @@ class TrainRunConfig:
         if self.data != "synthetic" and self.root is None:
             raise ValueError(f"TrainRunConfig.root is needed for --data {self.data} (the dataset folder)")
         for name in ("teacher_epochs", "teacher_batch_size", "batch_size", "calibration_images"):
-            _require_int(self, name, 1)
-        _require_int(self, "num_workers", 0)
+            require_int("TrainRunConfig", name, getattr(self, name), 1)
+        require_int("TrainRunConfig", "num_workers", self.num_workers, 0)
         for name in ("num_train", "num_test"):
             if getattr(self, name) is not None:
-                _require_int(self, name, 1)
+                require_int("TrainRunConfig", name, getattr(self, name), 1)
         if self.image_size is not None:
-            _require_int(self, "image_size", 8)
+            require_int("TrainRunConfig", "image_size", self.image_size, 8)
         if not (isinstance(self.teacher_lr, (int, float)) and math.isfinite(self.teacher_lr) and self.teacher_lr > 0):
             raise ValueError(f"TrainRunConfig.teacher_lr must be a finite number > 0, got {self.teacher_lr!r}")
         if self.gate.kind == "partial_sum" and self.gate.target_flops_ratio is None:
@@ -160,12 +160,6 @@ class TrainRunConfig:
         return TrainConfig(epochs=self.teacher_epochs, lr=self.teacher_lr, kd_alpha=1.0, channels_last=True,
                            checkpoint_every=self.train.checkpoint_every, seed=self.train.seed,
                            device=self.train.device, progress=self.train.progress)
-
-
-def _require_int(config: TrainRunConfig, name: str, minimum: int) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"TrainRunConfig.{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _plain(value: Any) -> Any:

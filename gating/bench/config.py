@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..config import GATE_KINDS
+from ..config import GATE_KINDS, require_int
 
 __all__ = ["BENCH_DTYPES", "DEFAULT_MODELS", "DEFAULT_TARGET_FLOPS", "BenchConfig", "known_models"]
 
@@ -83,13 +83,13 @@ class BenchConfig:
         self.saved = None if self.saved is None else Path(self.saved)
         self.out = None if self.out is None else Path(self.out)
         self._check_models()
-        _require_int("image_size", self.image_size, 8)
+        require_int("BenchConfig", "image_size", self.image_size, 8)
         if not self.batches:
             raise ValueError("BenchConfig.batches must list at least one batch size")
         for batch in self.batches:
-            _require_int("batches", batch, 1)
-        _require_int("calibration_images", self.calibration_images, 1)
-        _require_int("seed", self.seed, 0)
+            require_int("BenchConfig", "batches", batch, 1)
+        require_int("BenchConfig", "calibration_images", self.calibration_images, 1)
+        require_int("BenchConfig", "seed", self.seed, 0)
         self._check_device()
         if self.kind is not None and self.kind not in GATE_KINDS:
             raise ValueError(f"BenchConfig.kind must be one of {GATE_KINDS}, got {self.kind!r}")
@@ -156,11 +156,6 @@ class BenchConfig:
             "base_fraction": self.base_fraction, "prune_params": self.prune_params, "calibration_images": self.calibration_images, "seed": self.seed,
             "warmup_ms": self.warmup_ms, "rep_ms": self.rep_ms, "out": None if self.out is None else str(self.out),
         }  # fmt: skip
-
-
-def _require_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"BenchConfig.{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _number_in(value: object, low: float, high: float, *, upper_open: bool) -> bool:

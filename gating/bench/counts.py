@@ -25,7 +25,7 @@ from kernels import CHANNEL_SPARSE_FIELDS, COUNTER_FIELDS, channel_sparse_counte
 
 from ..accounting import LayerCount, Report
 from ..gates import ChannelGatedConv2d, RuntimeGatedConv2d
-from ..recorder import CallRecorder, RecordedCall, count_model
+from ..recorder import RecordedCall, count_model
 from .subjects import Subject
 
 __all__ = ["TOTAL_FIELDS", "count_batch", "kernel_counters"]
@@ -73,12 +73,9 @@ def count_batch(subject: Subject, x: torch.Tensor) -> dict[str, Any]:
     call of the gated model, in execution order (:func:`_layer`).
     """
     dense = count_model(subject.dense, x)
-    with CallRecorder(subject.gated.model) as recorder:  # the names GatedModel.report() gives
-        subject.gated(x)
-        calls = list(recorder.calls)
+    subject.gated(x)
     report: Report = subject.gated.report()
-    if [layer.name for layer in report.layers] != [call.name for call in calls]:
-        raise RuntimeError("gating bench: the recorded layer calls differ from GatedModel.report()'s layers")
+    calls = subject.gated.recorded_calls()  # one per report layer, in the same order
     totals = {
         "macs_dense": dense.macs_dense, "bytes_dense": dense.bytes_dense,
         "macs_network_dense": report.macs_dense, "bytes_network_dense": report.bytes_dense,

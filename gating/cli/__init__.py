@@ -75,19 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command not in ("train", "train-rl"):
         require_single_process(args.command)
+    handlers = {"demo": run_demo_command, "train": run_train_command, "train-rl": run_train_rl_command,
+                "prune": run_prune, "bench": run_bench_command, "report": run_report_command}
     try:
-        if args.command == "demo":
-            run_demo_command(args)
-        elif args.command == "train":
-            run_train_command(args)
-        elif args.command == "prune":
-            run_prune(args)
-        elif args.command == "train-rl":
-            run_train_rl_command(args)
-        elif args.command == "bench":
-            run_bench_command(args)
-        elif args.command == "report":
-            run_report_command(args)
+        handlers[args.command](args)
     except TrainingInterrupted as stopped:
         print(f"gating {args.command}: {stopped}; run the same command with --resume", file=sys.stderr)
         return SIGTERM_STATUS

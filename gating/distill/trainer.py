@@ -227,7 +227,7 @@ class Trainer:
 
     def _reset(self) -> None:
         """Fresh optimizer, schedule, scaler and progress counters."""
-        self._sigterm, self._model = [False], self.student
+        self._sigterm, self._model, self._stop_requested = [False], self.student, False
         self.optimizer, self.scheduler = sgd_with_schedule(self.student, self.config, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.epoch = 0
@@ -255,7 +255,7 @@ class Trainer:
                 if self._stop_reached(stop_after_steps):
                     save_trainer_checkpoint(self, epoch_rng)
                     return
-                if self.run.any(self._sigterm[0])[0]:
+                if self._stop_requested:
                     save_trainer_checkpoint(self, epoch_rng)
                     raise TrainingInterrupted(self.global_step, self.checkpoint_path)
                 if self._mid_epoch_checkpoint_due():
@@ -318,7 +318,9 @@ class Trainer:
             if self.config.kernel_l1_weight > 0:
                 loss = loss + self.config.kernel_l1_weight * kernel_l1_penalty(self.student)
         loss_value = loss.item()
-        if self.run.any(not math.isfinite(loss_value))[0]:
+        # One agreement per step: stop on a non-finite loss now, or after this step on SIGTERM in any process.
+        diverged, self._stop_requested = self.run.any(not math.isfinite(loss_value), self._sigterm[0])
+        if diverged:
             what = f"loss is {loss_value}" if not math.isfinite(loss_value) else "loss of another process is not finite"
             raise TrainingDivergedError(
                 f"{what} at global step {self.global_step} (0-based; "

@@ -29,6 +29,8 @@ from torch import nn
 
 from kernels import PackedWeight, conv2d, pack_weight
 
+from ..ops import batchnorm_affine, conv_bias
+
 __all__ = ["DENSE_BACKENDS", "DenseConvInference", "fold_conv_batchnorm", "folded_conv2d"]
 
 DENSE_BACKENDS = ("fastest", "kernel", "cudnn")
@@ -48,16 +50,10 @@ def fold_conv_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[tor
     statistics (the caller checks :func:`~gating.engine.fuse.foldable_batchnorm`).
     """
     weight = conv.weight.detach().double()
-    bias = None if conv.bias is None else conv.bias.detach().double()
-    if bn is not None:
-        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.detach().double()
-        shift = -bn.running_mean.double() * scale if bias is None else (bias - bn.running_mean.double()) * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.detach().double()
-        weight, bias = weight * scale[:, None, None, None], shift
-    return weight, bias
+    if bn is None:
+        return weight, None if conv.bias is None else conv.bias.detach().double()
+    scale, shift = batchnorm_affine(conv_bias(conv.bias, conv.out_channels, weight), bn)
+    return weight * scale[:, None, None, None], shift
 
 
 def folded_conv2d(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, dtype: torch.dtype) -> nn.Conv2d:

@@ -20,8 +20,10 @@ from .checkpoint import (
     capture_rng_state,
     load_checkpoint,
     load_state_dict_checked,
+    load_torch_file,
     restore_rng_state,
     save_checkpoint,
+    validate_checkpoint,
 )
 from .export import ModelFileError, build, disk_bytes, load, save
 from .results import publish_results
@@ -40,8 +42,10 @@ __all__ = [
     "load",
     "load_checkpoint",
     "load_state_dict_checked",
+    "load_torch_file",
     "publish_results",
     "restore_rng_state",
     "save",
     "save_checkpoint",
+    "validate_checkpoint",
 ]

@@ -43,8 +43,10 @@ __all__ = [
     "capture_rng_state",
     "load_checkpoint",
     "load_state_dict_checked",
+    "load_torch_file",
     "restore_rng_state",
     "save_checkpoint",
+    "validate_checkpoint",
 ]
 
 FORMAT = "gating.checkpoint"
@@ -219,6 +221,20 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
+def load_torch_file(path: PathLike, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` (no arbitrary code runs); :class:`CheckpointError` naming ``what``
+    and the path when the file is missing, truncated, corrupt or not a safe torch file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist or is not a file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{what} {path} is truncated, corrupt or not a safe torch file: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+
+
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load and validate a checkpoint written by :func:`save_checkpoint`.
 
@@ -230,17 +246,8 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]
             is not a gating checkpoint, lacks required keys, or has another
             format version. The message names the path.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated, corrupt or not a safe torch file: "
-            f"{type(exc).__name__}: {_first_line(exc)}"
-        ) from exc
-    _validate_checkpoint(checkpoint, path)
+    checkpoint = load_torch_file(path, map_location)
+    validate_checkpoint(checkpoint, path)
     return checkpoint
 
 
@@ -250,7 +257,7 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def _validate_checkpoint(checkpoint: Any, path: Path) -> None:
+def validate_checkpoint(checkpoint: Any, path: Path) -> None:
     """Raise :class:`CheckpointError` unless ``checkpoint`` has our format and version."""
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a gating checkpoint (no {FORMAT!r} format marker)")

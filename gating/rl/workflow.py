@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import data, io
-from ..config import GateConfig
+from ..config import GateConfig, require_int
 from ..distill import DistributedRun, Trainer, TrainConfig, teacher_recipe, train_teacher
 from ..distill.config import resolve_device
 from ..prune import PruneConfig, prune
@@ -97,9 +97,7 @@ class RLConfig:
         for name in ("teacher_epochs", "num_train", "num_test", "batch_size", "width", "channel_group", "rounds",
                      "policy_updates", "finetune_epochs", "calibration_images", "policy_batch_size", "hidden",
                      "static_updates", "static_episodes", "static_images"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"RLConfig.{name} must be an int >= 1, got {value!r}")
+            require_int("RLConfig", name, getattr(self, name), 1)
         if not self.budgets or not all(0 < b <= 1 for b in self.budgets):
             raise ValueError(f"RLConfig.budgets must be values in (0, 1], got {self.budgets!r}")
         if not self.student_lr > 0:
