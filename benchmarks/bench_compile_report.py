@@ -42,17 +42,21 @@ def test_a_resnet50_layer_compiles_without_spills_or_scalar_loads_in_loops(tmp_p
     out = tmp_path / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_CACHE_DIR": str(tmp_path)}
     command = [sys.executable, "-m", "benchmarks.compile_report", "--batches", "8", "--shapes", "r50.layer1.0.conv2",
-               "--out", str(out)]  # fmt: skip
+               "--gate-group", "16", "--out", str(out)]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     kernels = json.loads(out.read_text())["kernels"]
-    assert [k["kernel"] for k in kernels] == ["_conv2d_kernel", "_gated_conv2d_kernel", "_gated_conditional_kernel"]
+    assert [k["kernel"] for k in kernels] == [
+        "_conv2d_kernel", "_gated_conv2d_kernel", "_gated_conditional_kernel", "_gated_conditional_kernel"]  # fmt: skip
     for report in kernels:
         assert report["spill_bytes"] == 0 and report["loads_16bit_in_loops"] == 0 and report["loads_16B"] > 0
         assert report["loops"] and report["launches"] == ["r50.layer1.0.conv2 b8"]
-    dense, first, conditional = kernels
+    dense, first, conditional, tail = kernels
     assert dense["wgmma_n"] and first["wgmma_n"] == [64]  # the first launch holds all 4 groups of 16 channels
     assert conditional["wgmma_n"] == [16] and conditional["constexprs"]["BLOCK_M"] == 128  # 8*56*56 // 64 rows
+    # each group's last < 128 rows run in 16-row tiles: too short for a warpgroup MMA, so mma.sync
+    assert tail["constexprs"]["BLOCK_M"] == 16 and tail["constexprs"]["TILES"] == 2
+    assert tail["mma_sync"] > 0 and tail["wgmma_n"] == []
 
 
 def test_the_report_refuses_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,13 +1,16 @@
 """What the compiler makes of the conv kernels for Hopper (sm_90), without a GPU.
 
     python -m benchmarks.compile_report [--models r50] [--batches 64 8] [--gate-group 16] [--gate-block 1]
-                                        [--shapes NAME...] [--channel-sparse] [--out FILE]
+                                        [--shapes NAME...] [--channel-sparse] [--dense-candidates [--sm-count N]]
+                                        [--out FILE]
 
 For every layer shape of the chosen models and batch, the project's own launch
 functions (:func:`kernels.conv2d.conv2d`, :func:`kernels.gated_conv2d.gated_conv2d`,
 default schedule; with ``--channel-sparse`` also
 :func:`kernels.channel_sparse_conv2d.channel_sparse_conv2d`, keeping half of
-the input and output channels) are called on ``meta`` tensors with each Triton kernel's
+the input and output channels; with ``--dense-candidates`` only the dense launch, once per
+candidate tiling of :func:`kernels.conv_tuning.candidates` for the shape, split-K variants
+included for a device of ``--sm-count`` SMs) are called on ``meta`` tensors with each Triton kernel's
 launch replaced by a capture: the launch arguments go through Triton's own
 argument binder (the same specialisation a CUDA launch gets: divisibility by
 16, ints equal to 1) and are compiled for ``cuda:90``. Each distinct compiled
@@ -45,8 +48,11 @@ from typing import Any
 
 import torch
 
+from kernels import GateSpec
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_ARCH = 90
+SM90_SHARED_BYTES = 227 * 1024  # opt-in shared memory of one block on H100/H200
 LOOP_OPS = {
     "mma": r"\bHGMMA\b|\bHMMA\b",
     "global_loads": r"\bLDG\b",
@@ -83,8 +89,8 @@ def captured_launches() -> Iterator[list[dict[str, Any]]]:
     backend = make_backend(target)
     launches: list[dict[str, Any]] = []
     jitted = [
-        conv_module._conv2d_kernel, gated_module._gated_conv2d_kernel, conditional_module._gated_conditional_kernel,
-        sparse_module._channel_sparse_conv2d_kernel,
+        conv_module._conv2d_kernel, conv_module._split_k_epilogue_kernel, gated_module._gated_conv2d_kernel,
+        conditional_module._gated_conditional_kernel, sparse_module._channel_sparse_conv2d_kernel,
     ]
 
     def capture(fn: Any) -> Any:
@@ -176,16 +182,22 @@ def analyse(compiled: Any, workdir: Path) -> dict[str, Any]:
 
 
 def layer_launches(
-    shape: Any, batch: int, gate_group: int, base_fraction: float, gate_block: int = 1, channel_sparse: bool = False
+    shape: Any, batch: int, gate_group: int, base_fraction: float, gate_block: int = 1, channel_sparse: bool = False,
+    dense_candidates: bool = False, sm_count: int | None = None,
 ) -> list[dict[str, Any]]:
     """Compile what one dense and one gated call of ``shape`` at ``batch`` launch (meta tensors, bfloat16).
 
     With ``channel_sparse``, also one channel-sparse call (half of the input
     and output channels kept; the compiled code does not depend on which).
+    With ``dense_candidates``, only dense calls: one per candidate tiling
+    (:func:`kernels.conv_tuning.candidates` for ``sm_count`` SMs and sm_90's
+    227 KiB of shared memory a block).
     """
     import kernels
+    from kernels._validation import validate_conv
     from kernels.channel_sparse_conv2d import channel_sparse_conv2d
     from kernels.conv2d import conv2d
+    from kernels.conv_tuning import candidates
     from kernels.gated_conv2d import gated_conv2d
 
     meta = {"device": "meta", "dtype": torch.bfloat16}
@@ -194,6 +206,15 @@ def layer_launches(
     weight = kernels.pack_weight(torch.empty(shape.out_channels, shape.in_channels, shape.kernel, shape.kernel, **meta))
     vector = torch.empty(shape.out_channels, device="meta")
     geometry = {"stride": shape.stride, "padding": shape.padding, "scale": vector, "shift": vector, "relu": True}
+    if dense_candidates:
+        geom = validate_conv(
+            x, weight.unpack(), stride=shape.stride, padding=shape.padding, dilation=shape.dilation, scale=None,
+            shift=None, residual=None,
+        )
+        with captured_launches() as launches:
+            for tiling in candidates(geom, x.dtype, sm_count, SM90_SHARED_BYTES):
+                conv2d(x, weight, tiling=tiling, **geometry)
+        return launches
     with captured_launches() as launches:
         conv2d(x, weight, **geometry)
         gated_conv2d(x, weight, vector, vector, gate_group=gate_group, base_fraction=base_fraction,
@@ -207,12 +228,13 @@ def layer_launches(
 
 def report(
     models: list[str], batches: list[int], gate_group: int, base_fraction: float, shapes: list[str] | None = None,
-    gate_block: int = 1, channel_sparse: bool = False,
+    gate_block: int = 1, channel_sparse: bool = False, dense_candidates: bool = False, sm_count: int | None = None,
 ) -> list[dict[str, Any]]:
     """One record per distinct compiled kernel, naming every (model, shape, batch) launch that uses it.
 
     ``shapes``: only these layer names (``benchmarks.shapes``), if given;
-    ``channel_sparse``: also the channel-sparse kernel (:func:`layer_launches`).
+    ``channel_sparse``: also the channel-sparse kernel; ``dense_candidates``,
+    ``sm_count``: only the dense kernel's candidate tilings (:func:`layer_launches`).
     """
     from .shapes import model_shapes
 
@@ -223,7 +245,9 @@ def report(
                 if shapes and shape.name not in shapes:
                     continue
                 for batch in batches:
-                    launched = layer_launches(shape, batch, gate_group, base_fraction, gate_block, channel_sparse)
+                    launched = layer_launches(
+                        shape, batch, gate_group, base_fraction, gate_block, channel_sparse, dense_candidates, sm_count
+                    )
                     for launch in launched:
                         key = launch["compiled"].hash
                         if key not in records:
@@ -239,10 +263,13 @@ def _line(record: dict[str, Any]) -> str:
     c = record["constexprs"]
     keys = ("BLOCK_M", "BLOCK_C", "BLOCK_C") if "BLOCK_C" in c else ("BLOCK_M", "BLOCK_N", "BLOCK_K")
     tiles = "x".join(str(c.get(k, "-")) for k in keys)
+    loops = "/".join(f"{loop['integer_alu']}/{loop['instructions']}" for loop in record["loops"])
     return (
-        f"{record['kernel']:<28}{tiles:>12}{record['registers']:>6} regs{record['spill_bytes']:>6} B spill"
+        f"{record['kernel']:<28}{tiles:>12} w{record['num_warps']}s{record['num_stages']}"
+        f"{record['registers']:>6} regs{record['spill_bytes']:>6} B spill"
         f"{record['shared_bytes']:>8} B smem  wgmma n{record['wgmma_n'] or '-'}  mma.sync {record['mma_sync']}"
         f"  16B loads {record['loads_16B']}  16-bit loads in loops {record['loads_16bit_in_loops']}"
+        f"  loop int/all {loops or '-'}"
     )
 
 
@@ -252,11 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=["r50"], help="default: %(default)s")
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 8], help="default: %(default)s")
-    parser.add_argument("--gate-group", type=int, default=16, help="default: %(default)s")
+    parser.add_argument("--gate-group", type=int, default=GateSpec.gate_group, help="default: %(default)s")
     parser.add_argument("--gate-block", type=int, default=1, help="default: %(default)s")
     parser.add_argument("--base-fraction", type=float, default=0.25, help="default: %(default)s")
     parser.add_argument("--shapes", nargs="+", help="only these layers, e.g. r50.layer1.0.conv2 (default: all)")
     parser.add_argument("--channel-sparse", action="store_true", help="also the channel-sparse kernel")
+    parser.add_argument(
+        "--dense-candidates", action="store_true", help="only the dense kernel, once per candidate tiling"
+    )
+    parser.add_argument("--sm-count", type=int, help="with --dense-candidates: add split-K variants for this many SMs")
     parser.add_argument("--out", type=Path, default=RESULTS / "compile_report_sm90.json", help="default: %(default)s")
     args = parser.parse_args(argv)
     try:
@@ -265,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     records = report(
         args.models, args.batches, args.gate_group, args.base_fraction, args.shapes, args.gate_block,
-        args.channel_sparse,
+        args.channel_sparse, args.dense_candidates, args.sm_count,
     )
     payload = {
         "benchmark": "compile_report",

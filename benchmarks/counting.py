@@ -18,6 +18,7 @@ import torch
 from gating.accounting import LayerCount, dense_count, gated_count
 from gating.gates import ChannelGatedConv2d
 from kernels import COUNTER_FIELDS, gated_kernel_counters
+from kernels.kernel_bytes import dense_kernel_bytes, dense_kernel_macs, gated_kernel_bytes
 
 from .masks import blob_scores, group_decisions, top_fraction
 from .shapes import ConvShape, gated_module
@@ -31,6 +32,7 @@ __all__ = [
     "count_fields",
     "count_records",
     "dense_fields",
+    "kernel_work_fields",
     "network_totals",
     "schedule_fields",
 ]
@@ -40,6 +42,9 @@ TOTALLED_FIELDS = (
     "tiled_kernel_conditional_macs",
 )  # fmt: skip
 """Fields of a count record that :func:`network_totals` adds up over layers."""
+
+KERNEL_WORK_FIELDS = ("kernel_macs", "dense_kernel_macs", "kernel_bytes", "dense_kernel_bytes")
+"""Fields of :func:`kernel_work_fields` that :func:`network_totals` adds up when every record of a total has them."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -95,6 +100,46 @@ def schedule_fields(module: ChannelGatedConv2d, decisions: torch.Tensor) -> dict
     return {"tiled_kernel_conditional_macs": int(counters[COUNTER_FIELDS.index("conditional_macs")])}
 
 
+def kernel_work_fields(module: ChannelGatedConv2d, decisions: torch.Tensor) -> dict[str, object]:
+    """Tile-rounded MACs and issued tile traffic of the gated kernel (default schedule) and of the dense kernel.
+
+    ``kernel_macs``: the gated kernel's base and conditional MACs in its tiles
+    (:func:`kernels.gated_kernel_counters`); ``dense_kernel_macs``: the dense
+    kernel's at its heuristic tiling (:func:`kernels.kernel_bytes.dense_kernel_macs`).
+
+    ``kernel_bytes``: :func:`kernels.kernel_bytes.gated_kernel_bytes` (total;
+    ``kernel_bytes_parts``: its first launch, the ops between the launches, the
+    conditional launches); ``dense_kernel_bytes``:
+    :func:`kernels.kernel_bytes.dense_kernel_bytes` at the heuristic tiling;
+    ``kernel_bytes_ratio``: gated over dense. :data:`~benchmarks.sweep.ELEM_SIZE`-byte
+    elements, no residual. Upper bounds on DRAM traffic (caches not modelled),
+    unlike ``bytes_executed``, which counts each element once.
+    """
+    n, _, oh, ow = decisions.shape
+    gated = gated_kernel_bytes(
+        decisions.cpu(), module.in_channels, module.out_channels, module.kernel_size,
+        base_fraction=module.base_fraction, base_layout=module.base_layout, gate_group=module.gate_group,
+        gate_block=module.gate_block, element_size=ELEM_SIZE,
+    )  # fmt: skip
+    dense = dense_kernel_bytes(n * oh * ow, module.in_channels, module.out_channels, module.kernel_size,
+                               element_size=ELEM_SIZE)  # fmt: skip
+    counters = gated_kernel_counters(
+        decisions.cpu(), module.in_channels, module.out_channels, module.kernel_size,
+        base_fraction=module.base_fraction, base_layout=module.base_layout, gate_group=module.gate_group,
+        gate_block=module.gate_block,
+    )  # fmt: skip
+    macs = sum(int(counters[COUNTER_FIELDS.index(field)]) for field in ("base_macs", "conditional_macs"))
+    return {
+        "kernel_macs": macs,
+        "dense_kernel_macs": dense_kernel_macs(n * oh * ow, module.in_channels, module.out_channels,
+                                               module.kernel_size),  # fmt: skip
+        "kernel_bytes": gated.total,
+        "kernel_bytes_parts": gated._asdict(),
+        "dense_kernel_bytes": dense,
+        "kernel_bytes_ratio": gated.total / dense if dense else None,
+    }
+
+
 def dense_fields(sweep: Sweep, shape: ConvShape, batch: int) -> dict[str, int]:
     """``macs_dense`` and ``bytes_dense`` of the plain conv of (shape, batch): the work of a dense run."""
     module = gated_module(shape, sweep.spec)
@@ -118,7 +163,7 @@ def count_records(sweep: Sweep, shapes: Sequence[ConvShape]) -> list[dict[str, o
                 count = count_case(sweep, shape, batch, decisions)
                 records.append(
                     {**case_key(shape, batch), "mask_source": "blob", "target_density": density, **count_fields(count),
-                     **schedule_fields(module, decisions)}  # fmt: skip
+                     **schedule_fields(module, decisions), **kernel_work_fields(module, decisions)}  # fmt: skip
                 )
     return records
 
@@ -131,6 +176,9 @@ def network_totals(records: Iterable[dict[str, object]]) -> list[dict[str, objec
     default schedule; ``tiled_kernel_overhead`` the same for the tiled
     schedule; ``worst_layer_kernel_overhead`` the largest per-record
     ``kernel_overhead`` of the group (every layer, however small its share).
+    ``kernel_macs``, ``dense_kernel_macs``, ``kernel_bytes`` and ``dense_kernel_bytes`` (:func:`kernel_work_fields`)
+    are totalled too, with ``kernel_bytes_ratio`` their ratio, when every
+    record of the group has them (``None`` otherwise).
 
     Each shape's counts are weighted by how many layers have it (the 7x7 stem
     and the classifier are not included).
@@ -138,9 +186,14 @@ def network_totals(records: Iterable[dict[str, object]]) -> list[dict[str, objec
     totals: dict[tuple[object, ...], dict[str, object]] = {}
     for rec in records:
         key = {name: rec[name] for name in ("model", "mask_source", "batch", "target_density")}
-        total = totals.setdefault(tuple(key.values()), key | dict.fromkeys(TOTALLED_FIELDS, 0))
+        total = totals.setdefault(
+            tuple(key.values()), key | dict.fromkeys(TOTALLED_FIELDS, 0) | dict.fromkeys(KERNEL_WORK_FIELDS, 0)
+        )
         for field in TOTALLED_FIELDS:
             total[field] += rec["layers"] * rec[field]
+        for field in KERNEL_WORK_FIELDS:
+            value = rec.get(field)
+            total[field] = None if value is None or total[field] is None else total[field] + rec["layers"] * value
         if rec["kernel_overhead"] is not None:
             worst = total.get("worst_layer_kernel_overhead") or 0.0
             total["worst_layer_kernel_overhead"] = max(worst, rec["kernel_overhead"])
@@ -150,5 +203,7 @@ def network_totals(records: Iterable[dict[str, object]]) -> list[dict[str, objec
         exact = total["conditional_macs"]
         total["kernel_overhead"] = total["kernel_conditional_macs"] / exact if exact else None
         total["tiled_kernel_overhead"] = total["tiled_kernel_conditional_macs"] / exact if exact else None
+        dense_bytes = total["dense_kernel_bytes"]
+        total["kernel_bytes_ratio"] = total["kernel_bytes"] / dense_bytes if dense_bytes else None
         total.setdefault("worst_layer_kernel_overhead", None)
     return list(totals.values())

@@ -30,7 +30,7 @@ from gating.recorder import CallRecorder
 from gating.modes import train_mode
 from kernels import GateSpec, conv_output_size, gate_group_count
 
-from .counting import count_fields, schedule_fields
+from .counting import count_fields, kernel_work_fields, schedule_fields
 from .shapes import ConvShape
 from .sweep import ELEM_SIZE
 
@@ -210,6 +210,7 @@ def recorded_records(
                 {
                     "model": model, "shape": layer.name, "layers": 1, "batch": batch, "mask_source": "real",
                     "target_density": None, **count_fields(count), **schedule_fields(module, decisions),
+                    **kernel_work_fields(module, decisions),
                 }
             )  # fmt: skip
     return records

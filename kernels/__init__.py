@@ -1,7 +1,11 @@
 """Triton kernels of the gating engine as registered PyTorch ops, their PyTorch references and the channel partitions.
 
 * :func:`conv2d`: dense implicit-GEMM convolution with a fused
-  scale/shift/residual/ReLU epilogue (op ``gating::conv2d``).
+  scale/shift/residual/ReLU epilogue (op ``gating::conv2d``); its launch
+  configurations (:class:`ConvTiling`, the :data:`CANDIDATES`, the heuristic
+  :func:`conv_tiling`, the override check :func:`check_tiling`, the timed
+  choice per shape :func:`select_tiling`) are in :mod:`kernels.conv_tuning`,
+  the tile pieces every conv kernel shares in :mod:`kernels.conv_tiles`.
 * :func:`gated_conv2d`: partial-sum channel-gated convolution that skips the
   conditional work of gated-off (pixel, gate group) pairs on device, compacting
   each group's active pixels across the batch (op ``gating::gated_conv2d``);
@@ -28,7 +32,10 @@
   :mod:`kernels.work`: the gated MAC rule (shared with ``gating.accounting``);
   :mod:`kernels.gated_tiling`: the gated kernel's tiles and skipping rule, and
   :func:`gated_kernel_counters`, the work it will execute on given decisions
-  (pure PyTorch, any machine); :mod:`kernels.compaction`: the on-device lists
+  (pure PyTorch, any machine); :mod:`kernels.kernel_bytes`: the bytes the gated
+  and dense kernels issue and the dense kernel's tile-rounded MACs
+  (:func:`gated_kernel_bytes`, :func:`dense_kernel_bytes`,
+  :func:`dense_kernel_macs`); :mod:`kernels.compaction`: the on-device lists
   of each gate group's active pixels (:func:`active_rows`). The gated Triton
   kernels live in :mod:`kernels.gated_conv2d` (first launch and launch code),
   :mod:`kernels.gated_conditional` (the compacted conditional tiles) and
@@ -70,17 +77,21 @@ from .partition import (
     group_index,
     group_sum,
 )
-from .compaction import ActiveRows, active_rows
+from .compaction import ActiveRows, active_rows, active_rows_bytes
 from .gated_tiling import (
     SCHEDULES,
+    TAIL_BLOCK_M,
     CompactTiling,
     GatedTiling,
+    compact_tiles,
     compact_tiling,
     gated_kernel_counters,
     gated_tiling,
     resolve_schedule,
     schedule_tiling,
 )
+from .conv_tuning import CANDIDATES, ConvTiling, candidates, check_tiling, clear_choices, conv_tiling, select_tiling
+from .kernel_bytes import KernelBytes, dense_kernel_bytes, dense_kernel_macs, gated_kernel_bytes
 from .reference import conv2d_reference, gated_conv2d_reference
 from .spec import GateSpec
 from .work import COUNTER_FIELDS, GatedConvStats, gated_mac_terms
@@ -94,6 +105,13 @@ __all__ = [
     "conv_output_size",
     "conv2d",
     "conv2d_op",
+    "ConvTiling",
+    "CANDIDATES",
+    "candidates",
+    "check_tiling",
+    "clear_choices",
+    "conv_tiling",
+    "select_tiling",
     "gated_conv2d",
     "gated_conv2d_op",
     "channel_sparse_conv2d",
@@ -117,10 +135,17 @@ __all__ = [
     "SCHEDULES",
     "CompactTiling",
     "compact_tiling",
+    "compact_tiles",
+    "TAIL_BLOCK_M",
+    "KernelBytes",
+    "gated_kernel_bytes",
+    "dense_kernel_bytes",
+    "dense_kernel_macs",
     "resolve_schedule",
     "schedule_tiling",
     "ActiveRows",
     "active_rows",
+    "active_rows_bytes",
     "conv2d_reference",
     "gated_conv2d_reference",
     "base_channels",

@@ -60,7 +60,7 @@ from ._common import (
     weight_4d,
 )
 from ._validation import ConvGeometry, validate_channel_sparse
-from .conv2d import store_epilogue
+from .conv_tiles import store_epilogue
 from .channel_sparse_reference import (
     CHANNEL_SPARSE_FIELDS,
     DEFAULT_CHANNEL_BLOCK,
@@ -154,7 +154,7 @@ def _store_masked_epilogue(
     ``keep`` bool ``[BLOCK_C]``: the kept output channels; the others are
     exact zeros before the residual add (``tl.where``, so nothing of ``y``
     leaks into them). The residual, ReLU and store are the dense kernel's
-    :func:`kernels.conv2d.store_epilogue`.
+    :func:`kernels.conv_tiles.store_epilogue`.
     """
     if HAS_SCALE:
         y = y * tl.load(scale_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)[None, :]

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["ActiveRows", "active_rows"]
+__all__ = ["ActiveRows", "active_rows", "active_rows_bytes"]
 
 
 class ActiveRows(NamedTuple):
@@ -53,3 +53,20 @@ def active_rows(decisions_flat: torch.Tensor) -> ActiveRows:
     rows = torch.empty(groups, pixels + 1, dtype=torch.int32, device=on.device)
     rows.scatter_(1, target, pixel)
     return ActiveRows(rows, counts.contiguous())
+
+
+def active_rows_bytes(pixels: int, groups: int) -> int:
+    """Bytes :func:`active_rows` reads and writes on ``[pixels, groups]`` uint8 decisions, op by op.
+
+    Each PyTorch op counted as reading its inputs and writing its output once
+    (``P = pixels * groups``): ``!= 0`` (P + P), the int32 prefix sum (P + 4P),
+    ``slot - 1`` (4P + 4P), ``where`` (5P + 4P), the int64 transposed index
+    (4P + 8P), the ``arange`` (4 * pixels) and the scatter (index 8P, source
+    4P, written 4P): ``52 P + 4 pixels``. A model of issued traffic, like
+    :func:`kernels.kernel_bytes.gated_kernel_bytes`: caches and the ops' own
+    temporaries are not modelled. Keep it in step with :func:`active_rows`.
+    """
+    cells = pixels * groups
+    reads = cells + cells + 4 * cells + 5 * cells + 4 * cells + 12 * cells
+    writes = cells + 4 * cells + 4 * cells + 4 * cells + 8 * cells + 4 * pixels + 4 * cells
+    return reads + writes

@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .conv2d import PATH_DENSE, accumulate_flat_k, accumulate_taps
+from .conv_tiles import PATH_DENSE, accumulate_flat_k, accumulate_taps
 
 __all__ = ["block_channels", "conditional_sum", "path_ranges"]
 

@@ -12,8 +12,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .conv2d import k_steps, pixel_coords, store_epilogue
+from .conv_tiles import k_steps, pixel_coords, store_epilogue
 from .gated_blocks import block_channels, conditional_sum, path_ranges
+
+# Which tiles of a compacted column a launch runs (``TILES``): every tile of
+# BLOCK_M rows (the last one padded), only the full ones, or the tail: the
+# column's last ``count % MAIN_BLOCK_M`` rows in tiles of BLOCK_M (16) rows.
+TILES_ALL = tl.constexpr(0)
+TILES_FULL = tl.constexpr(1)
+TILES_TAIL = tl.constexpr(2)
 
 
 @triton.jit
@@ -26,16 +33,24 @@ def _gated_conditional_kernel(
     KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_SLOT: tl.constexpr, SUB_BLOCKS: tl.constexpr, SLOT_IS_GROUP: tl.constexpr, RANGE_ALIGN: tl.constexpr,
-    FLAT_K: tl.constexpr, BASE_PATH: tl.constexpr, COND_PATH: tl.constexpr, COUNT_STATS: tl.constexpr,
+    FLAT_K: tl.constexpr, TILES: tl.constexpr, MAIN_BLOCK_M: tl.constexpr,
+    BASE_PATH: tl.constexpr, COND_PATH: tl.constexpr, COUNT_STATS: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Second launch of the compacted schedule: one program per (gate group, sub-block, tile of active pixels).
 
-    The grid is sized by the upper bound (``tiles_per_column = cdiv(M, BLOCK_M)``
-    tiles per column); a program whose tile starts past its group's count of
-    active pixels (``counts_ptr``), or whose sub-block lies past the group's
-    last channel, does nothing. Otherwise it gathers its
+    The grid is sized by the upper bound (``tiles_per_column`` tiles per
+    column); which tiles of a column with ``count`` listed pixels
+    (``counts_ptr``) run depends on ``TILES``: ``TILES_ALL`` tile ``t`` covers
+    slots ``[t*BLOCK_M, (t+1)*BLOCK_M)`` and runs when it starts before
+    ``count`` (the last one padded); ``TILES_FULL`` only when it ends by
+    ``count`` (its rows need no mask); ``TILES_TAIL`` (the tail launch, BLOCK_M
+    16) covers slots from ``(count // MAIN_BLOCK_M) * MAIN_BLOCK_M +
+    t*BLOCK_M`` and runs when that is before ``count``, so the full and tail
+    launches together run each slot once. A program that does not run, or
+    whose sub-block lies past the group's last channel, does nothing.
+    Otherwise it gathers its
     ``BLOCK_M`` pixels from the group's list (``rows_ptr``, which may mix
     images), runs the conditional K loops as an implicit GEMM over those rows
     (3x3 halo read from the channels_last input; per tap, or with ``FLAT_K``
@@ -50,9 +65,20 @@ def _gated_conditional_kernel(
     sub = column - group * SUB_BLOCKS
     count = tl.load(counts_ptr + group)
     group_width = tl.minimum(gate_group, C_out - group * gate_group)
-    if (tile * BLOCK_M < count) & (sub * BLOCK_N < group_width):
-        slot = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_ok = slot < count
+    if TILES == TILES_TAIL:
+        start = (count // MAIN_BLOCK_M) * MAIN_BLOCK_M + tile * BLOCK_M
+    else:
+        start = tile * BLOCK_M
+    if TILES == TILES_FULL:
+        runs = start + BLOCK_M <= count
+    else:
+        runs = start < count
+    if runs & (sub * BLOCK_N < group_width):
+        slot = start + tl.arange(0, BLOCK_M)
+        if TILES == TILES_FULL:
+            m_ok = tl.full([BLOCK_M], 1, tl.int1)
+        else:
+            m_ok = slot < count
         pix = tl.load(rows_ptr + group.to(tl.int64) * rows_stride + slot, mask=m_ok, other=0)
         img, oh, ow, _ = pixel_coords(pix, M, OH, OW)
         ch, ch_ok = block_channels(group, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, 1, SLOT_IS_GROUP)

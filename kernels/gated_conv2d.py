@@ -10,7 +10,9 @@ decisions and the epilogue of the base sum; the active pixels of each gate
 group are listed across the batch on device (:mod:`kernels.compaction`); a
 second launch runs each group's conditional channels as an implicit GEMM
 over tiles of its listed pixels (rows of different images share a tile) and
-overwrites their outputs. Tiled: one launch whose (pixel tile, channel block)
+overwrites their outputs; when its tiles are taller than 16 rows it runs only
+full tiles, and a tail launch of the same kernel runs each group's remaining
+pixels in 16-row tiles. Tiled: one launch whose (pixel tile, channel block)
 programs compute the base sum and decisions and run the conditional sum only
 if some decision of the tile is on. Grids are sized by the upper bound and
 programs skip on the on-device decisions, so there is no host
@@ -50,10 +52,10 @@ from ._common import (
 )
 from ._validation import ConvGeometry, validate_gated
 from .compaction import active_rows
-from .conv2d import PATH_BASE, PATH_CONDITIONAL, PATH_DENSE, accumulate_taps, k_steps, pixel_coords, store_epilogue
+from .conv_tiles import PATH_BASE, PATH_CONDITIONAL, PATH_DENSE, accumulate_taps, k_steps, pixel_coords, store_epilogue
 from .gated_blocks import block_channels, conditional_sum, path_ranges
-from .gated_conditional import _gated_conditional_kernel
-from .gated_tiling import CompactTiling, GatedTiling, resolve_schedule, schedule_tiling, tiling_tail
+from .gated_conditional import TILES_ALL, TILES_FULL, TILES_TAIL, _gated_conditional_kernel
+from .gated_tiling import TAIL_BLOCK_M, CompactTiling, GatedTiling, resolve_schedule, schedule_tiling, tiling_tail
 from .spec import GateSpec
 
 
@@ -361,11 +363,33 @@ class _GatedLaunch:
             self._run_conditional(base_sums, num_gate_groups)
 
     def _run_conditional(self, base_sums: torch.Tensor, num_gate_groups: int) -> None:
-        """List each group's active pixels on device, then launch the conditional tiles over them."""
-        geom, tiling, y = self.geom, self.tiling, self.y
+        """List each group's active pixels on device, then launch the conditional tiles over them.
+
+        With a tail (``tiling.tail``), one launch runs each group's full
+        ``block_m`` tiles and a second one its last ``count % block_m``
+        pixels in :data:`TAIL_BLOCK_M`-row tiles; both grids are sized by the
+        upper bound, so neither reads the counts on the host.
+        """
+        geom, tiling = self.geom, self.tiling
         flat = self.dec_bytes.permute(0, 2, 3, 1).reshape(geom.pixels, num_gate_groups)
         rows, counts = active_rows(flat)
-        tiles_per_column = triton.cdiv(geom.pixels, tiling.block_m)
+        if not tiling.tail:
+            self._launch_conditional(base_sums, rows, counts, num_gate_groups, tiling.block_m,
+                                     triton.cdiv(geom.pixels, tiling.block_m), TILES_ALL, tiling.num_warps)  # fmt: skip
+            return
+        full_tiles = geom.pixels // tiling.block_m  # a column holds at most this many full tiles
+        if full_tiles:
+            self._launch_conditional(base_sums, rows, counts, num_gate_groups, tiling.block_m, full_tiles,
+                                     TILES_FULL, tiling.num_warps)  # fmt: skip
+        self._launch_conditional(base_sums, rows, counts, num_gate_groups, TAIL_BLOCK_M,
+                                 tiling.block_m // TAIL_BLOCK_M, TILES_TAIL, tiling.tail_num_warps)  # fmt: skip
+
+    def _launch_conditional(
+        self, base_sums: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor, num_gate_groups: int,
+        block_m: int, tiles_per_column: int, tiles: int, num_warps: int,
+    ) -> None:  # fmt: skip
+        """One ``_gated_conditional_kernel`` launch: ``tiles_per_column`` programs per (group, sub-block) column."""
+        geom, tiling, y = self.geom, self.tiling, self.y
         grid = (num_gate_groups * tiling.sub_blocks * tiles_per_column,)
         _gated_conditional_kernel[grid](
             self.x, self.w, y, base_sums, rows, counts, self.base.lo, self.base.hi, *self._epilogue_pointers(),
@@ -375,12 +399,12 @@ class _GatedLaunch:
             *self.x.stride(), *y.stride(), *tensor_strides(self.residual),
             *geom.stride, *geom.padding, *geom.dilation,
             KH=geom.kernel[0], KW=geom.kernel[1],
-            BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
+            BLOCK_M=block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
             GROUP_SLOT=tiling.block_n, SUB_BLOCKS=tiling.sub_blocks,
             SLOT_IS_GROUP=_slot_is_group(tiling.columns, self.gate_group), RANGE_ALIGN=self.base.alignment,
-            FLAT_K=tiling.flat_k, **self._paths(),
+            FLAT_K=tiling.flat_k, TILES=tiles, MAIN_BLOCK_M=tiling.block_m, **self._paths(),
             COUNT_STATS=self.counters is not None,
-            **self._epilogue_flags(), num_warps=tiling.num_warps, num_stages=tiling.num_stages,
+            **self._epilogue_flags(), num_warps=num_warps, num_stages=tiling.num_stages,
             **dot_options(self.x.dtype),
         )  # fmt: skip
 

@@ -25,8 +25,10 @@ __all__ = [
     "COMPACT_ROWS_DIVISOR",
     "MAX_BLOCK_N",
     "SCHEDULES",
+    "TAIL_BLOCK_M",
     "CompactTiling",
     "GatedTiling",
+    "compact_tiles",
     "compact_tiling",
     "gated_kernel_counters",
     "resolve_schedule",
@@ -176,6 +178,10 @@ Measured on recorded decisions (``benchmarks/results/counts_cpu_real_decisions.j
 rows (a Hopper warpgroup MMA) from 4096 output pixels on."""
 
 
+TAIL_BLOCK_M = 16
+"""Rows of a tail tile of the compacted schedule: the smallest tensor-core MMA M (``mma.sync`` m16)."""
+
+
 @dataclass(frozen=True)
 class CompactTiling:
     """Launch configuration of the compacted schedule of :func:`gated_conv2d`.
@@ -186,7 +192,12 @@ class CompactTiling:
     ``block_n`` channels of one gate group (``sub_blocks`` columns per group
     wider than ``MAX_BLOCK_N``; columns past the group's size are masked)
     over tiles of ``block_m`` compacted active
-    pixels of that group, ``block_k`` input channels per K step.
+    pixels of that group, ``block_k`` input channels per K step. When
+    ``block_m > TAIL_BLOCK_M`` (``tail``) it runs only a group's full tiles,
+    and a second, tail launch runs the rest of its pixels (fewer than
+    ``block_m``) in tiles of :data:`TAIL_BLOCK_M` rows with the same columns and
+    K walk, on ``tail_num_warps`` warps; otherwise the last tile of a group
+    is padded.
     """
 
     base: GatedTiling
@@ -197,6 +208,12 @@ class CompactTiling:
     flat_k: bool
     num_warps: int
     num_stages: int
+    tail_num_warps: int
+
+    @property
+    def tail(self) -> bool:
+        """Whether a tail launch of :data:`TAIL_BLOCK_M`-row tiles runs each group's last ``< block_m`` pixels."""
+        return self.block_m > TAIL_BLOCK_M
 
     @property
     def columns(self) -> GatedTiling:
@@ -244,7 +261,9 @@ def compact_tiling(
     masked columns) and at most 128 (sub-blocks beyond); ``block_m`` =
     ``pixels //`` :data:`COMPACT_ROWS_DIVISOR` rounded down to a power of two
     in [16, 128], so that at densities down to 0.1 the last, partly filled
-    tile of a group adds little; ``block_k`` in {64, 32, 16}
+    tile of a group adds little (it runs as :data:`TAIL_BLOCK_M`-row tail
+    tiles on 1 warp for ``block_n <= 32``, 2 for 64, 4 for 128: m16 MMAs);
+    ``block_k`` in {64, 32, 16}
     and the K walk (per tap, or ``flat_k``: over the flattened (tap, channel)
     K, which pads once per column instead of once per tap) with the least K
     padding over the layer's conditional ranges (per tap, then the largest
@@ -272,7 +291,8 @@ def compact_tiling(
         ((flat, k) for flat in (False, True) for k in (64, 32, 16)), key=lambda c: (padded(*c), c[0], -c[1])
     )
     num_warps = 8 if block_m * block_n >= 128 * 128 else 4
-    return CompactTiling(base, block_m, block_n, block_k, sub_blocks, flat_k, num_warps, 3)
+    tail_num_warps = max(1, block_n // 32)
+    return CompactTiling(base, block_m, block_n, block_k, sub_blocks, flat_k, num_warps, 3, tail_num_warps)
 
 
 def _column_steps(
@@ -328,8 +348,11 @@ def gated_kernel_counters(
       conditional loops when any decision it covers is on.
     * ``"compact"`` (:func:`compact_tiling`): the first launch's programs run
       the base loops of every pixel; then each (gate group, sub-block) column
-      runs ``cdiv(active pixels of the group, block_m)`` conditional tiles,
-      the last one padded.
+      with ``c`` active pixels runs ``c // block_m`` full conditional tiles of
+      ``block_m`` rows and ``cdiv(c % block_m, 16)`` tail tiles of
+      :data:`TAIL_BLOCK_M` = 16 rows (the last one padded), each with the
+      column's K steps and ``block_n`` (for ``block_m = 16``: ``cdiv(c, 16)``
+      tiles, the same rule).
 
     ``decisions_given`` says whether the kernel is handed the decisions (then
     the base loop runs once per sub-block) or computes them (once, plus once
@@ -340,18 +363,14 @@ def gated_kernel_counters(
     Returns:
         int64 ``[9]`` on the decisions' device, laid out as
         :data:`kernels.work.COUNTER_FIELDS` (MACs in tile-rounded units; the
-        tiling fields are the conditional tiles').
+        tiling fields are the conditional tiles', the main ones for the compacted
+        schedule).
 
     Raises:
         ValueError: ``decisions`` is not bool ``[N, ceil(out_channels / gate_group), OH, OW]``,
             or ``schedule`` is unknown or cannot run ``gate_block``.
     """
-    groups = partition.gate_group_count(out_channels, gate_group)
-    if decisions.dtype != torch.bool or decisions.dim() != 4 or decisions.shape[1] != groups:
-        raise ValueError(
-            f"decisions must be bool [N, {groups}, OH, OW] for out_channels={out_channels}, "
-            f"gate_group={gate_group}; got {decisions.dtype} {tuple(decisions.shape)}"
-        )
+    groups = check_decisions(decisions, out_channels, gate_group)
     schedule = resolve_schedule(schedule, gate_group, out_channels, 1 if decisions_given else gate_block)
     n, _, oh, ow = decisions.shape
     pixels = n * oh * ow
@@ -375,18 +394,55 @@ def gated_kernel_counters(
     if isinstance(tiling, CompactTiling):
         columns = tiling.columns
         column_steps = _column_steps(columns, columns.block_k, tiling.flat_k, taps, layer)
-        tiles = -(-flat.sum(dim=0) // columns.block_m)  # [G] conditional tiles per group and sub-block
+        tiles, rows_run = compact_tiles(flat.sum(dim=0), columns.block_m)  # [G] per group and sub-block
         widths = torch.tensor(partition.group_sizes(out_channels, gate_group))
         counters[1] = (tiles * (-(-widths // columns.block_n))).sum()  # sub-blocks holding channels
-        counters[3] = (tiles * column_steps).sum() * columns.block_m * columns.block_n * columns.block_k
+        counters[3] = (rows_run * column_steps).sum() * columns.block_n * columns.block_k
         return counters.to(decisions.device)
-    padded = torch.zeros(rows * base_tiling.block_m, blocks * base_tiling.groups_per_block, dtype=torch.bool)
-    padded[:pixels, :groups] = flat
-    active = padded.view(rows, base_tiling.block_m, blocks, base_tiling.groups_per_block).any(dim=3).any(dim=1)
+    active = tiled_active(flat, base_tiling)
     counters[1] = active.sum()
     counters[3] = (active.long() * cond_steps[None, :]).sum() * base_tiling.block_m * base_tiling.block_n * taps
     counters[3] *= base_tiling.block_k
     return counters.to(decisions.device)
+
+
+def check_decisions(decisions: torch.Tensor, out_channels: int, gate_group: int) -> int:
+    """The number of gate groups ``G``; ``ValueError`` unless ``decisions`` is bool ``[N, G, OH, OW]``."""
+    groups = partition.gate_group_count(out_channels, gate_group)
+    if decisions.dtype != torch.bool or decisions.dim() != 4 or decisions.shape[1] != groups:
+        raise ValueError(
+            f"decisions must be bool [N, {groups}, OH, OW] for out_channels={out_channels}, "
+            f"gate_group={gate_group}; got {decisions.dtype} {tuple(decisions.shape)}"
+        )
+    return groups
+
+
+def tiled_active(flat: torch.Tensor, tiling: GatedTiling) -> torch.Tensor:
+    """Bool ``[rows, blocks]``: the tiled schedule's programs with a decision on (they run their conditional loops).
+
+    ``flat`` is the bool decisions ``[M, G]`` (pixel-major) on CPU; program
+    ``(p, q)`` covers pixels ``[p*block_m, (p+1)*block_m)`` and gate groups
+    ``[q*groups_per_block, (q+1)*groups_per_block)``.
+    """
+    pixels, groups = flat.shape
+    rows, blocks = -(-pixels // tiling.block_m), -(-groups // tiling.groups_per_block)
+    padded = torch.zeros(rows * tiling.block_m, blocks * tiling.groups_per_block, dtype=torch.bool)
+    padded[:pixels, :groups] = flat
+    return padded.view(rows, tiling.block_m, blocks, tiling.groups_per_block).any(dim=3).any(dim=1)
+
+
+def compact_tiles(counts: torch.Tensor, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditional tiles, and the rows they run, of compacted columns with ``counts`` active pixels each.
+
+    ``counts // block_m`` full tiles of ``block_m`` rows, then ``cdiv(counts %
+    block_m, TAIL_BLOCK_M)`` tiles of :data:`TAIL_BLOCK_M` rows (the tail launch;
+    for ``block_m = TAIL_BLOCK_M`` the same count as ``cdiv(counts, block_m)``
+    tiles of one launch). int64 tensors shaped like ``counts``.
+    """
+    counts = counts.long()
+    full = counts // block_m
+    tail = -(-(counts - full * block_m) // TAIL_BLOCK_M)
+    return full + tail, full * block_m + tail * TAIL_BLOCK_M
 
 
 def resolve_schedule(schedule: str, gate_group: int, out_channels: int, gate_block: int = 1) -> str:

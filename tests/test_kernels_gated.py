@@ -26,6 +26,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import kernels
+import kernels.conv_tuning
+import kernels.kernel_bytes
 from _helpers import (
     COMMON_BAD_ARGS,
     DEVICE,
@@ -153,8 +155,10 @@ def expected_compact_stats(
     First launch: ``cdiv(M, bm1) * cdiv(G, groups per block)`` programs, each
     running its base loop over the hull of its channels' base intervals (twice
     with several sub-blocks unless decisions are given). Conditional launch:
-    per (group, sub-block of ``block_n`` channels), ``cdiv(active pixels of the
-    group, block_m)`` tiles, each ``cond_steps * block_m*block_n*kh*kw*block_k`` MACs.
+    per (group, sub-block of ``block_n`` channels) with ``a`` active pixels,
+    ``a // block_m`` full tiles of ``block_m`` rows and ``cdiv(a % block_m, 16)``
+    tail tiles of 16 rows, each ``cond_steps * rows*block_n*block_k`` MACs
+    (``cond_steps`` counting the taps).
     """
     c_out, c_in, kh, kw = weight_shape
     g = gate["gate_group"]
@@ -185,9 +189,10 @@ def expected_compact_stats(
         for sub in range(stats.sub_blocks):
             chans = [j * g + sub * bn + col for col in range(bn) if sub * bn + col < g and j * g + sub * bn + col < c_out]
             if chans:
-                tiles += math.ceil(active / bm)
+                full, tail = active // bm, math.ceil(active % bm / 16)
+                tiles += full + tail
                 steps = column_conditional_steps(mask, chans, bk, kh * kw, compact.flat_k)
-                conditional += math.ceil(active / bm) * steps * bm * bn * bk
+                conditional += (full * bm + tail * 16) * steps * bn * bk
     rows = math.ceil(pixels / first.block_m)
     return {
         "tiles_total": rows * blocks,
@@ -423,9 +428,85 @@ def test_compacted_conditional_work_follows_the_active_pixels_not_their_layout(p
     assert tiled_rows - exact_rows < 3 * stats.block_m
 
 
+# Active pixels per gate group: none, all, then remainders 0, 1, 15, 16, 17, 31 (block_m - 1) past whole
+# 32-row tiles, 31 with no full tile, and a single pixel.
+TAIL_COUNTS = (0, 48 * 48, 64, 33, 47, 48, 49, 63, 31, 1)
+
+
+def scattered_decisions(counts: tuple[int, ...], batch: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """Bool ``[batch, len(counts), height, width]`` with ``counts[j]`` pixels of group ``j`` on, scattered at random."""
+    gen = torch.Generator().manual_seed(seed)
+    pixels = batch * height * width
+    flat = torch.zeros(pixels, len(counts), dtype=torch.bool)
+    for j, count in enumerate(counts):
+        flat[torch.randperm(pixels, generator=gen)[:count], j] = True
+    return flat.reshape(batch, height, width, len(counts)).permute(0, 3, 1, 2).contiguous()
+
+
+def tail_rows(count: int, block_m: int) -> tuple[int, int]:
+    """``(tiles, rows run)`` of a compacted column of ``count`` pixels: full ``block_m`` tiles, then 16-row ones."""
+    full, tail = count // block_m, -(-(count % block_m) // 16)
+    return full + tail, full * block_m + tail * 16
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_tail_tiles_run_each_remainder_in_16_row_tiles(kernel: int) -> None:
+    """block_m 32 (2304 pixels): full tiles, then every remainder in 16-row tail tiles, outputs poisoned."""
+    args, conv = make_case(1, 16, 16 * len(TAIL_COUNTS), kernel, (48, 48), torch.bfloat16, seed=11, epilogue=True)
+    decisions = scattered_decisions(TAIL_COUNTS, 1, 48, 48, seed=11)
+    _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact")
+    assert stats.block_m == 32 and kernels.compact_tiling(2304, 16, 160, (kernel, kernel), 16, 0.25, "first").tail
+    tiles = [tail_rows(count, 32) for count in TAIL_COUNTS]
+    assert [t for t, _ in tiles] == [0, 72, 2, 2, 2, 2, 3, 3, 2, 1]
+    assert [r for _, r in tiles] == [0, 2304, 64, 48, 48, 48, 64, 64, 32, 16]
+    assert int(stats.tiles_conditional_executed) == sum(t for t, _ in tiles)
+    steps = column_conditional_steps(kernels.base_mask(160, 16, 0.25, "first"), list(range(16)), stats.block_k,
+                                     kernel * kernel, kernels.compact_tiling(2304, 16, 160, (kernel, kernel), 16,
+                                                                             0.25, "first").flat_k)  # fmt: skip
+    assert int(stats.conditional_macs) == sum(r for _, r in tiles) * steps * 16 * stats.block_k
+
+
+@pytest.mark.parametrize("pattern", ["one-pixel", "block_m-1", "block_m+1", "scattered"])
+def test_tail_tiles_of_128_row_columns(pattern: str) -> None:
+    """block_m 128 (8192 pixels, batch 1): a lone pixel runs one 16-row tile, not a 128-row one."""
+    args, conv = make_case(1, 16, 32, 1, (64, 128), torch.float16, seed=12, epilogue=True, conv={})
+    if pattern == "one-pixel":
+        decisions = torch.zeros(1, 2, 64, 128, dtype=torch.bool)
+        decisions[0, 1, 63, 127] = True  # the last pixel of the batch
+    elif pattern == "scattered":
+        decisions = torch.rand(1, 2, 64, 128, generator=torch.Generator().manual_seed(12)) < 0.004
+    else:
+        decisions = scattered_decisions((127, 129) if pattern == "block_m-1" else (129, 127), 1, 64, 128, seed=12)
+    _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact")
+    counts = decisions.sum(dim=(0, 2, 3)).tolist()
+    assert stats.block_m == 128
+    assert int(stats.tiles_conditional_executed) == sum(tail_rows(c, 128)[0] for c in counts)
+    rows = sum(tail_rows(c, 128)[1] for c in counts)
+    assert rows - sum(counts) < 16 * len(counts)  # at most 15 padded rows per group
+    assert int(stats.conditional_macs) == rows * 16 * stats.block_k  # 12 conditional channels, one 16-wide step
+    if pattern == "one-pixel":
+        assert int(stats.tiles_conditional_executed) == 1 and rows == 16
+
+
+def test_tail_tiles_bound_the_padding_of_every_group() -> None:
+    """Prediction only: on a layer of 65536 pixels (block_m 128), each group pays fewer than 16 padded rows."""
+    counts = (0, 1, 11, 92, 127, 128, 129, 65536, 300)
+    decisions = scattered_decisions(counts, 16, 64, 64, seed=13)
+    counters = gated_kernel_counters(decisions, 64, 16 * len(counts), (3, 3), gate_group=16, schedule="compact")
+    stats = GatedConvStats(counters)
+    tiling = kernels.compact_tiling(65536, 64, 16 * len(counts), (3, 3), 16, 0.25, "first")
+    assert stats.block_m == 128 and tiling.tail and tiling.tail_num_warps == 1
+    steps = column_conditional_steps(kernels.base_mask(16 * len(counts), 64, 0.25, "first"), list(range(16)),
+                                     stats.block_k, 9, tiling.flat_k)  # fmt: skip
+    assert int(stats.tiles_conditional_executed) == sum(tail_rows(c, 128)[0] for c in counts)
+    assert int(stats.conditional_macs) == sum(tail_rows(c, 128)[1] for c in counts) * steps * 16 * stats.block_k
+    assert [tail_rows(c, 128)[1] for c in (11, 92)] == [16, 96]  # were 128 rows each before the tail launch
+    assert not kernels.compact_tiling(1000, 64, 64, (3, 3), 16, 0.25, "first").tail  # block_m 16: one launch
+
+
 def test_active_rows_match_nonzero_per_group() -> None:
     gen = torch.Generator().manual_seed(9)
-    for pixels, groups, density in ((1, 1, 1.0), (37, 3, 0.3), (200, 5, 0.05), (64, 2, 0.0)):
+    for pixels, groups, density in ((1, 1, 1.0), (37, 3, 0.3), (200, 5, 0.05), (64, 2, 0.0), (2304, 10, 0.01)):
         flat = torch.rand(pixels, groups, generator=gen) < density
         rows, counts = kernels.active_rows(flat.to(torch.uint8))
         assert rows.shape == (groups, pixels + 1) and rows.dtype == counts.dtype == torch.int32
@@ -492,10 +573,12 @@ def test_empty_batch_returns_empty_results_and_zero_counters() -> None:
     gate_scale, gate_shift = torch.ones(20, device=DEVICE), torch.zeros(20, device=DEVICE)
     out, decisions, counters = kernels.gated_conv2d_triton(x, weight, gate_scale, gate_shift, gate_group=8)
     assert out.shape == (0, 20, 3, 3) and decisions.shape == (0, 3, 3, 3) and counters.shape == (0,)
-    counted = GatedConvStats(kernels.gated_conv2d_triton(x, weight, gate_scale, gate_shift, count_work=True)[2])
+    counted = GatedConvStats(
+        kernels.gated_conv2d_triton(x, weight, gate_scale, gate_shift, gate_group=16, count_work=True)[2]
+    )
     assert counted.to_dict()["tiles_total"] == 0 and counted.block_m == 16  # the compacted tiles' smallest
     empty = torch.zeros(0, 2, 3, 3, dtype=torch.bool, device=DEVICE)
-    assert gated_kernel_counters(empty, 8, 20, (3, 3)).tolist() == counted.counters.tolist()
+    assert gated_kernel_counters(empty, 8, 20, (3, 3), gate_group=16).tolist() == counted.counters.tolist()
     out, decisions, stats = kernels.gated_conv2d(x, weight, gate_scale, gate_shift, gate_group=8, return_stats=True)
     assert out.shape == (0, 20, 3, 3) and decisions.shape == (0, 3, 3, 3) and decisions.dtype == torch.bool
     assert stats.to_dict()["tiles_total"] == 0 and stats.to_dict()["base_macs"] == 0
@@ -589,12 +672,15 @@ def test_gated_kernel_compiles_for_hopper_with_tensor_cores(tmp_path: Path) -> N
     pointers = {name: "*bf16" for name in ("x_ptr", "w_ptr", "y_ptr", "res_ptr")}
     pointers |= {"rows_ptr": "*i32", "counts_ptr": "*i32", "base_lo_ptr": "*i32", "base_hi_ptr": "*i32",
                  "stats_ptr": "*i64"}  # fmt: skip
+    # TILES: 0 every tile, 1 full tiles only, 2 the 16-row tail tiles of MAIN_BLOCK_M columns
     conditional = [
         (pointers, common | {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_SLOT": n, "SUB_BLOCKS": subs,
                              "RANGE_ALIGN": 8, "FLAT_K": flat, "BASE_PATH": 1 if flat else 0, "COND_PATH": 2 if flat else 0,
-                             "SLOT_IS_GROUP": subs == 1})  # fmt: skip
-        for m, n, k, subs, flat in ((16, 16, 64, 1, False), (128, 16, 16, 1, True), (64, 64, 32, 1, False),
-                                    (64, 128, 64, 2, False), (64, 16, 32, 1, True))  # fmt: skip
+                             "SLOT_IS_GROUP": subs == 1, "TILES": tiles, "MAIN_BLOCK_M": main})  # fmt: skip
+        for m, n, k, subs, flat, tiles, main in (
+            (16, 16, 64, 1, False, 2, 128), (128, 16, 16, 1, True, 1, 128), (64, 64, 32, 1, False, 0, 64),
+            (64, 128, 64, 2, False, 1, 64), (16, 16, 32, 1, True, 0, 16),
+        )  # fmt: skip
     ]
     compiled = compile_for_hopper("kernels.gated_conditional", "_gated_conditional_kernel", conditional, tmp_path)
     assert compiled == [True] * len(conditional)
@@ -606,3 +692,75 @@ def test_kernel_counters_reject_decisions_of_another_layer() -> None:
         gated_kernel_counters(torch.zeros(2, 2, 3, 3, dtype=torch.bool), 8, 20, (3, 3), gate_group=8)
     with pytest.raises(ValueError, match="bool"):
         gated_kernel_counters(torch.zeros(2, 3, 3, 3), 8, 20, (3, 3), gate_group=8)
+
+
+def _bytes_case() -> torch.Tensor:
+    """Decisions of a 1x1, 16 -> 32 channel layer (gate groups of 16) on 2 x 32 x 32 pixels: 3 and 40 active."""
+    flat = torch.zeros(2048, 2, dtype=torch.bool)
+    flat[[0, 1, 100], 0] = True  # group 0: pixel tiles 0 and 1 of 64
+    flat[:40, 1] = True  # group 1: pixel tile 0
+    return flat.reshape(2, 32, 32, 2).permute(0, 3, 1, 2)
+
+
+def test_gated_kernel_bytes_hand_count_compact() -> None:
+    """First launch: 32 programs of 64 pixels x 32 columns (both groups), one K step of 16 (base channels 0-3).
+
+    Conditional launches: block_m 32 (2048 // 64), block_n 16, one K step of 16 (channels 4-15); group 0's 3
+    pixels run one 16-row tail tile, group 1's 40 one full 32-row tile and one 16-row tail tile.
+    """
+    decisions = _bytes_case()
+    got = kernels.kernel_bytes.gated_kernel_bytes(decisions, 16, 32, (1, 1), gate_group=16, element_size=2)
+    step = (64 * 16 + 16 * 32) * 2  # one A tile and one B tile
+    first = 32 * step + 32 * 64 * 2 * 1 + 32 * 64 * 32 * 2 + 4 * (3 + 40) * 16  # + decisions, outputs, base sums
+    between = 52 * 2048 * 2 + 4 * 2048  # active_rows' ops
+    rows, tiles = 16 + 32 + 16, 3
+    conditional = rows * (4 + 4 * 16 + 2 * 16) + rows * 16 * 2 + tiles * 16 * 16 * 2  # ids, sums, outputs; A; B
+    assert got == (first, between, conditional) and got.total == first + between + conditional
+    with_residual = kernels.kernel_bytes.gated_kernel_bytes(
+        decisions, 16, 32, (1, 1), gate_group=16, element_size=2, residual=True
+    )
+    assert with_residual.first - got.first == 32 * 64 * 32 * 2 and with_residual.conditional - got.conditional == (
+        rows * 16 * 2
+    )
+    # 2x2 gate blocks: float32 statistics instead of decisions, every pair's base sum kept, the block means
+    blocks = kernels.kernel_bytes.gated_kernel_bytes(decisions, 16, 32, (1, 1), gate_group=16, gate_block=2,
+                                                     element_size=2)  # fmt: skip
+    assert blocks.first - got.first == 32 * 64 * 2 * 3 + 4 * (2048 * 32 - (3 + 40) * 16)
+    pool, rows_out, cols_out, decide = 16 * (1024 + 256), 16 * (256 + 512), 16 * (512 + 1024), 4 * 1024 * 7
+    assert blocks.between - got.between == pool + rows_out + cols_out + decide
+    empty = kernels.kernel_bytes.gated_kernel_bytes(decisions[:0], 16, 32, (1, 1), gate_group=16, element_size=2)
+    assert empty.total == 0
+
+
+def test_gated_kernel_bytes_hand_count_tiled() -> None:
+    """One launch of 32 x 2 programs (64 pixels x one group of 16 columns); 3 of them run the conditional loop."""
+    decisions = _bytes_case()
+    got = kernels.kernel_bytes.gated_kernel_bytes(
+        decisions, 16, 32, (1, 1), gate_group=16, element_size=2, schedule="tiled"
+    )
+    step = (64 * 16 + 16 * 16) * 2
+    first = 64 * step + 64 * 64 * 1 + 64 * 64 * 16 * 2  # base loops, decisions, outputs
+    assert got == (first, 0, 3 * step)
+    given = kernels.kernel_bytes.gated_kernel_bytes(
+        decisions, 16, 32, (1, 1), gate_group=16, element_size=2, schedule="tiled", decisions_given=True
+    )
+    assert given == got  # decisions loaded instead of stored, the base loop run once either way
+
+
+def test_dense_kernel_bytes_hand_count() -> None:
+    """Heuristic tiles of 2048 pixels, 16 -> 32 channels: 64 x 32, block_k 16: 32 programs, one K step each."""
+    assert kernels.kernel_bytes.dense_kernel_bytes(2048, 16, 32, (1, 1), element_size=2) == 32 * (
+        (64 * 16 + 16 * 32) + 64 * 32
+    ) * 2
+    # 3x3, 40 -> 20 channels at 50 pixels: 64 x 32 tiles, block_k 32: one program of 9 * 2 K steps
+    assert kernels.kernel_bytes.dense_kernel_bytes(50, 40, 20, (3, 3), element_size=4, residual=True) == (
+        18 * (64 * 32 + 32 * 32) + 2 * 64 * 32
+    ) * 4
+    # MACs in the same tiles: 32 programs x 1 step x 64*32*16, and 1 program x 18 steps x 64*32*32
+    assert kernels.kernel_bytes.dense_kernel_macs(2048, 16, 32, (1, 1)) == 32 * 64 * 32 * 16 == 2048 * 32 * 16
+    assert kernels.kernel_bytes.dense_kernel_macs(50, 40, 20, (3, 3)) == 18 * 64 * 32 * 32 > 50 * 20 * 9 * 40
+    tiling = kernels.conv_tuning.ConvTiling(64, 32, 32, 4, 3, 8, 2)
+    with pytest.raises(ValueError, match="split_k"):
+        kernels.kernel_bytes.dense_kernel_bytes(50, 40, 20, (3, 3), element_size=2, tiling=tiling)
+    with pytest.raises(ValueError, match="split_k"):
+        kernels.kernel_bytes.dense_kernel_macs(50, 40, 20, (3, 3), tiling=tiling)
