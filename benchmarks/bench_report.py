@@ -160,7 +160,7 @@ class _RecordedFake(_FakeCase):
 
 def test_recorded_layers_are_timed_on_their_own_decisions(fake_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
     decisions = torch.rand(4, 3, 9, 9, generator=torch.Generator().manual_seed(0)) < 0.3
-    layer = RecordedLayer("tiny.l", 32, 48, (3, 3), (1, 1), (1, 1), (1, 1), 9, 9, GateSpec(), decisions)
+    layer = RecordedLayer("tiny.l", 32, 48, (3, 3), (1, 1), (1, 1), (1, 1), 9, 9, GateSpec(gate_group=16), decisions)
     monkeypatch.setattr(timing, "recorded_case", lambda sweep, layer, batch, purpose: _RecordedFake(layer, batch))
     peaks = DevicePeaks(100.0, 1000.0)
     record = timing.measure_recorded(Sweep(batches=(2,)), layer, 3, "tiny", peaks)

@@ -15,10 +15,16 @@ dense teacher of a seed is trained once and shared by every setting
 (:mod:`benchmarks.recorded`): the algorithmic MAC reduction, and the
 conditional MACs the gated kernel runs over the exact ones, for the default
 (compacted) schedule (whole network at batch ``--images`` and its worst
-layer) and for the tiled schedule. Prints one row per setting and writes the
-JSON (default ``benchmarks/results/gate_group_study.json``) with every run,
-the per-setting summary, the recipe and the torch version. Timing needs a GPU
-and is not part of it.
+layer) and for the tiled schedule, and the roofline-estimated time of the
+gated kernels over the dense kernel's from their tile-rounded MACs and issued
+bytes (:mod:`benchmarks.time_estimate`: at the compute-bound and
+memory-bound limits and the worst case over every machine balance). Prints
+one row per setting and the setting the library defaults follow
+(:func:`choose_default`), and writes the JSON (default
+``benchmarks/results/gate_group_study.json``) with every run, the
+per-setting summary, the choice, the recipe, the torch version and the CPU's
+vector capability (another one rounds differently). Timing needs a GPU and is
+not part of it.
 """
 
 from __future__ import annotations
@@ -45,8 +51,9 @@ from gating.io import atomic_write_json
 from .counting import network_totals
 from .record_decisions import demo_student
 from .recorded import record_decisions, recorded_records
+from .time_estimate import time_ratio_bounds
 
-__all__ = ["count_student", "main", "study"]
+__all__ = ["ACCURACY_WINDOW", "choose_default", "count_student", "main", "study"]
 
 RESULT = Path(__file__).resolve().parent / "results" / "gate_group_study.json"
 
@@ -57,10 +64,13 @@ def count_student(run: Path, images: int) -> dict[str, Any]:
     inputs = data.synthetic_dataset(images, config.image_size, seed=2 * config.seed + 1).tensors[0]
     name = f"{setting_name(config.gate_group, config.gate_block, config.coherence_weight)}-seed{config.seed}"
     layers = record_decisions(student, inputs, prefix=f"{name}.")
-    (total,) = network_totals(recorded_records(layers, [images], name))
+    records = recorded_records(layers, [images], name)
+    (total,) = network_totals(records)
     keep = ("macs_dense", "macs_executed", "ideal_speedup", "conditional_macs", "kernel_conditional_macs",
-            "kernel_overhead", "worst_layer_kernel_overhead", "tiled_kernel_overhead")  # fmt: skip
-    return {key: total[key] for key in keep}
+            "kernel_overhead", "worst_layer_kernel_overhead", "tiled_kernel_overhead", "kernel_macs",
+            "dense_kernel_macs", "kernel_bytes", "dense_kernel_bytes")  # fmt: skip
+    estimate = {f"time_ratio_{key}": value for key, value in time_ratio_bounds(records).items()}
+    return {key: total[key] for key in keep} | estimate
 
 
 def setting_name(gate_group: int, gate_block: int, coherence_weight: float = 0.0) -> str:
@@ -138,6 +148,8 @@ def study(
             "mean_kernel_overhead": sum(overheads) / len(overheads), "worst_kernel_overhead": max(overheads),
             "worst_layer_kernel_overhead": max(run["counts"]["worst_layer_kernel_overhead"] for run in runs),
             "mean_tiled_kernel_overhead": sum(run["counts"]["tiled_kernel_overhead"] for run in runs) / len(runs),
+            **{f"mean_time_ratio_{key}": sum(run["counts"][f"time_ratio_{key}"] for run in runs) / len(runs)
+               for key in ("compute_bound", "memory_bound", "worst")},
             "runs": runs,
         })  # fmt: skip
     return {
@@ -147,22 +159,58 @@ def study(
                         "coherence_weight": None},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "settings": settings,
+        "chosen": choose_default(settings),
+    }
+
+
+ACCURACY_WINDOW = 0.5
+"""Points of mean accuracy gap a setting may lose to the most accurate one and still be chosen."""
+
+
+def choose_default(settings: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The setting the library defaults follow, by the rule in ``docs/design.md#gate-granularity``.
+
+    Among the settings whose mean accuracy gap is within :data:`ACCURACY_WINDOW`
+    points of the smallest (inclusive) (the teachers are shared, so this is the most
+    accurate), the one with the lowest mean worst-case estimated time ratio
+    (:func:`benchmarks.time_estimate.time_ratio_bounds`: faster on every
+    device balance); ties go to the lower kernel overhead. Returns its
+    ``gate_group``, ``gate_block``, ``coherence_weight`` and the settings
+    that were eligible.
+    """
+    if not settings:
+        raise ValueError("choose_default needs at least one setting")
+    best_gap = min(s["mean_gap"] for s in settings)
+    # inclusive; gaps are means of test-set percentages, so allow their float rounding
+    eligible = [s for s in settings if s["mean_gap"] <= best_gap + ACCURACY_WINDOW + 1e-9]
+    chosen = min(eligible, key=lambda s: (s["mean_time_ratio_worst"], s["mean_kernel_overhead"]))
+    keys = ("gate_group", "gate_block", "coherence_weight")
+    return {key: chosen[key] for key in keys} | {
+        "eligible": [setting_name(*(s[key] for key in keys)) for s in eligible],
+        "accuracy_window": ACCURACY_WINDOW,
     }
 
 
 def table(result: dict[str, Any]) -> str:
     """One row per setting: accuracy gap (mean / worst), MAC reduction, kernel over exact conditional MACs."""
     lines = [f"{'gate_group':>10}{'block':>7}{'TV w':>6}{'mean gap':>10}{'worst gap':>11}{'MAC red.':>10}"
-             f"{'kernel/exact':>14}{'worst layer':>13}{'tiled':>8}"]  # fmt: skip
+             f"{'kernel/exact':>14}{'worst layer':>13}{'tiled':>8}{'time MACs':>11}{'time bytes':>12}"
+             f"{'time worst':>12}"]  # fmt: skip
     for w in result["settings"]:
         lines.append(
             f"{w['gate_group']:>10}{w.get('gate_block', 1):>7}{w.get('coherence_weight', 0.0):>6g}"
             f"{w['mean_gap']:>10.2f}{w['worst_gap']:>11.2f}{w['mean_macs_reduction']:>9.2f}x"
             f"{w['mean_kernel_overhead']:>14.2f}{w['worst_layer_kernel_overhead']:>13.2f}"
-            f"{w['mean_tiled_kernel_overhead']:>8.2f}"
+            f"{w['mean_tiled_kernel_overhead']:>8.2f}{w['mean_time_ratio_compute_bound']:>11.3f}"
+            f"{w['mean_time_ratio_memory_bound']:>12.3f}{w['mean_time_ratio_worst']:>12.3f}"
         )
+    chosen = result["chosen"]
+    lines.append(f"chosen: {setting_name(chosen['gate_group'], chosen['gate_block'], chosen['coherence_weight'])} "
+                 f"(fastest estimate among {', '.join(chosen['eligible'])}: within {chosen['accuracy_window']} "
+                 "points of the best mean gap)")  # fmt: skip
     return "\n".join(lines)
 
 

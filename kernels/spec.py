@@ -52,8 +52,9 @@ class GateSpec:
             input channels for every output) or ``"grouped"`` (block diagonal
             with ``p`` chunks; ``1/base_fraction`` must then be an integer).
         gate_group: output channels that share one decision per pixel, an int
-            >= 1 (bool refused; default 16). A conv with ``C_out`` outputs has
-            ``ceil(C_out / gate_group)`` decisions per pixel.
+            >= 1 (bool refused; default 32, chosen by the gate-granularity
+            study, ``docs/design.md#gate-granularity``). A conv with ``C_out``
+            outputs has ``ceil(C_out / gate_group)`` decisions per pixel.
         gate_block: side in output pixels of the square block that shares
             one decision per gate group, an int >= 1 (bool refused; default
             1 = one decision per pixel). Blocks tile the map from its top-left
@@ -71,7 +72,7 @@ class GateSpec:
 
     base_fraction: float = 0.25
     base_layout: str = "first"
-    gate_group: int = 16
+    gate_group: int = 32
     gate_block: int = 1
 
     def __post_init__(self) -> None:

@@ -50,7 +50,8 @@ def test_bad_settings_raise_the_policy_type_naming_the_field(name: str) -> None:
 
 def test_defaults_dict_and_immutability() -> None:
     spec = GateSpec()
-    assert spec.to_dict() == {"base_fraction": 0.25, "base_layout": "first", "gate_group": 16, "gate_block": 1}
+    # gate_group 32: the default the gate-granularity study chose (docs/design.md#gate-granularity)
+    assert spec.to_dict() == {"base_fraction": 0.25, "base_layout": "first", "gate_group": 32, "gate_block": 1}
     assert GateSpec.names() == tuple(spec.to_dict())
     assert GateSpec(**spec.to_dict()) == spec and hash(GateSpec(0.25)) == hash(spec)
     one = GateSpec(1, "grouped", 1)
