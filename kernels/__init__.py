@@ -30,9 +30,9 @@
 * :mod:`kernels.partition`: base layouts, gate groups and gate blocks
   (:func:`block_mean`; shared with ``gating``);
   :mod:`kernels.work`: the gated MAC rule (shared with ``gating.accounting``);
-  :mod:`kernels.gated_tiling`: the gated kernel's tiles and skipping rule, and
-  :func:`gated_kernel_counters`, the work it will execute on given decisions
-  (pure PyTorch, any machine); :mod:`kernels.kernel_bytes`: the bytes the gated
+  :mod:`kernels.gated_tiling`: the gated kernel's tiles and schedules;
+  :mod:`kernels.gated_work`: :func:`gated_kernel_counters`, the work it will
+  execute on given decisions (pure PyTorch, any machine); :mod:`kernels.kernel_bytes`: the bytes the gated
   and dense kernels issue and the dense kernel's tile-rounded MACs
   (:func:`gated_kernel_bytes`, :func:`dense_kernel_bytes`,
   :func:`dense_kernel_macs`); :mod:`kernels.compaction`: the on-device lists
@@ -83,13 +83,12 @@ from .gated_tiling import (
     TAIL_BLOCK_M,
     CompactTiling,
     GatedTiling,
-    compact_tiles,
     compact_tiling,
-    gated_kernel_counters,
     gated_tiling,
     resolve_schedule,
     schedule_tiling,
 )
+from .gated_work import compact_tiles, gated_kernel_counters
 from .conv_tuning import CANDIDATES, ConvTiling, candidates, check_tiling, clear_choices, conv_tiling, select_tiling
 from .kernel_bytes import KernelBytes, dense_kernel_bytes, dense_kernel_macs, gated_kernel_bytes
 from .reference import conv2d_reference, gated_conv2d_reference

@@ -1,12 +1,12 @@
-"""The gated kernel's tiling and skipping rule, and the work it implies, in pure PyTorch.
+"""The gated kernel's tiles and schedules, in pure PyTorch.
 
-:func:`gated_tiling` picks the launch tiles of ``kernels.gated_conv2d``'s
-Triton kernel; :func:`gated_kernel_counters` applies the kernel's skipping
-rule to a set of decisions and returns the work counters the kernel reports
-(``kernels.work.COUNTER_FIELDS``), without a GPU. Both live here, beside each
-other and away from Triton, so the launcher, the accounting and the
-benchmarks' counting read one rule, on any machine. Tests check the
-prediction against the kernel's own counters under ``TRITON_INTERPRET=1``.
+:func:`resolve_schedule` picks the schedule of a layer, :func:`gated_tiling`
+and :func:`compact_tiling` the launch tiles of ``kernels.gated_conv2d``'s
+Triton kernels, and :func:`block_ranges` / :func:`block_k_steps` /
+:func:`column_steps` the K loops each program runs. They live away from
+Triton so that the launcher and the work predictions
+(:mod:`kernels.gated_work`: counters; :mod:`kernels.kernel_bytes`: issued
+bytes) read one rule, on any machine.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 
 from . import partition
 from ._common import base_intervals, gemm_tile_mk, next_power_of_2
-from .spec import GateSpec
 
 __all__ = [
     "COMPACT_ROWS_DIVISOR",
@@ -28,9 +27,10 @@ __all__ = [
     "TAIL_BLOCK_M",
     "CompactTiling",
     "GatedTiling",
-    "compact_tiles",
+    "block_k_steps",
+    "block_ranges",
+    "column_steps",
     "compact_tiling",
-    "gated_kernel_counters",
     "resolve_schedule",
     "schedule_tiling",
     "gated_tiling",
@@ -112,7 +112,7 @@ def gated_tiling(
 
 
 @functools.lru_cache(maxsize=256)
-def _block_ranges(
+def block_ranges(
     block_n: int, group_slot: int, groups_per_block: int, sub_blocks: int,
     in_channels: int, out_channels: int, base_fraction: float, base_layout: str, gate_group: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -152,7 +152,7 @@ def _steps(c_lo: torch.Tensor | int, c_hi: torch.Tensor | int, block_k: int) -> 
     return (span + block_k - 1) // block_k
 
 
-def _block_k_steps(
+def block_k_steps(
     tiling: GatedTiling, block_k: int, in_channels: int, out_channels: int, base_fraction: float,
     base_layout: str, gate_group: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -160,7 +160,7 @@ def _block_k_steps(
 
     Summed over the block's sub-blocks, at ``block_k``: int64 ``[blocks]`` each.
     """
-    hull_lo, hull_hi, r1_hi, r2_lo = _block_ranges(
+    hull_lo, hull_hi, r1_hi, r2_lo = block_ranges(
         tiling.block_n, tiling.group_slot, tiling.groups_per_block, tiling.sub_blocks,
         in_channels, out_channels, base_fraction, base_layout, gate_group,
     )  # fmt: skip
@@ -284,7 +284,7 @@ def compact_tiling(
     taps = kernel[0] * kernel[1]
 
     def padded(flat_k: bool, block_k: int) -> int:
-        steps = _column_steps(columns, block_k, flat_k, taps, layer)
+        steps = column_steps(columns, block_k, flat_k, taps, layer)
         return int(steps.sum()) * block_k
 
     flat_k, block_k = min(
@@ -295,12 +295,12 @@ def compact_tiling(
     return CompactTiling(base, block_m, block_n, block_k, sub_blocks, flat_k, num_warps, 3, tail_num_warps)
 
 
-def _column_steps(
+def column_steps(
     columns: GatedTiling, block_k: int, flat_k: bool, taps: int, layer: tuple[int, int, float, str, int]
 ) -> torch.Tensor:
     """K steps (taps included) of one conditional tile of each gate group, summed over its sub-blocks: int64 ``[G]``."""
     in_channels = layer[0]
-    _, _, r1_hi, r2_lo = _block_ranges(columns.block_n, columns.group_slot, 1, columns.sub_blocks, *layer)
+    _, _, r1_hi, r2_lo = block_ranges(columns.block_n, columns.group_slot, 1, columns.sub_blocks, *layer)
     if flat_k:
         return _steps(0, taps * (r1_hi + in_channels - r2_lo), block_k).sum(dim=1)
     return taps * (_steps(0, r1_hi, block_k) + _steps(r2_lo, in_channels, block_k)).sum(dim=1)
@@ -313,7 +313,7 @@ def _least_padded_block_k(tiling: GatedTiling, layer: tuple[int, int, float, str
     """
 
     def padded(block_k: int) -> int:
-        base, conditional = _block_k_steps(tiling, block_k, *layer)
+        base, conditional = block_k_steps(tiling, block_k, *layer)
         return int((base if path == "base" else conditional).sum()) * block_k
 
     return min((64, 32, 16), key=lambda k: (padded(k), -k))
@@ -321,128 +321,6 @@ def _least_padded_block_k(tiling: GatedTiling, layer: tuple[int, int, float, str
 
 def _floor_power_of_2(n: int) -> int:
     return 1 << (max(n, 1).bit_length() - 1)
-
-
-def gated_kernel_counters(
-    decisions: torch.Tensor,
-    in_channels: int,
-    out_channels: int,
-    kernel: tuple[int, int],
-    *,
-    base_fraction: float = GateSpec.base_fraction,
-    base_layout: str = GateSpec.base_layout,
-    gate_group: int = GateSpec.gate_group,
-    gate_block: int = GateSpec.gate_block,
-    decisions_given: bool = False,
-    schedule: str = "auto",
-) -> torch.Tensor:
-    """The counters :func:`gated_conv2d` returns with ``count_work=True``, predicted in PyTorch from the decisions.
-
-    Applies the kernel's own tiling and skipping rule for ``schedule`` (one of
-    :data:`SCHEDULES`; ``"auto"`` as :func:`resolve_schedule`, with ``gate_block``
-    counting only when the kernel computes the decisions) to bool ``decisions`` ``[N, G, OH, OW]``:
-
-    * ``"tiled"`` (:func:`gated_tiling`): one program per (tile of
-      ``block_m`` flattened output pixels of the batch, block of
-      ``groups_per_block`` gate groups) runs its base loop, and its
-      conditional loops when any decision it covers is on.
-    * ``"compact"`` (:func:`compact_tiling`): the first launch's programs run
-      the base loops of every pixel; then each (gate group, sub-block) column
-      with ``c`` active pixels runs ``c // block_m`` full conditional tiles of
-      ``block_m`` rows and ``cdiv(c % block_m, 16)`` tail tiles of
-      :data:`TAIL_BLOCK_M` = 16 rows (the last one padded), each with the
-      column's K steps and ``block_n`` (for ``block_m = 16``: ``cdiv(c, 16)``
-      tiles, the same rule).
-
-    ``decisions_given`` says whether the kernel is handed the decisions (then
-    the base loop runs once per sub-block) or computes them (once, plus once
-    more per sub-block when there are several). No GPU and no Triton launch;
-    the counters equal the kernel's on-device ones (tests check this under the
-    interpreter).
-
-    Returns:
-        int64 ``[9]`` on the decisions' device, laid out as
-        :data:`kernels.work.COUNTER_FIELDS` (MACs in tile-rounded units; the
-        tiling fields are the conditional tiles', the main ones for the compacted
-        schedule).
-
-    Raises:
-        ValueError: ``decisions`` is not bool ``[N, ceil(out_channels / gate_group), OH, OW]``,
-            or ``schedule`` is unknown or cannot run ``gate_block``.
-    """
-    groups = check_decisions(decisions, out_channels, gate_group)
-    schedule = resolve_schedule(schedule, gate_group, out_channels, 1 if decisions_given else gate_block)
-    n, _, oh, ow = decisions.shape
-    pixels = n * oh * ow
-    layer = (in_channels, out_channels, base_fraction, base_layout, gate_group)
-    taps = kernel[0] * kernel[1]
-    tiling = schedule_tiling(
-        schedule, pixels, in_channels, out_channels, kernel, gate_group, base_fraction, base_layout
-    )
-    base_tiling = tiling.first
-    counters = torch.tensor([0, 0, 0, 0, *tiling_tail(tiling.counted)], dtype=torch.int64)
-    if pixels == 0:
-        return counters.to(decisions.device)
-    base_steps, cond_steps = _block_k_steps(base_tiling, base_tiling.block_k, *layer)
-    blocks = base_steps.numel()
-    rows = -(-pixels // base_tiling.block_m)
-    flat = decisions.detach().cpu().permute(0, 2, 3, 1).reshape(pixels, groups)
-    base_passes = (0 if decisions_given else 1) + (1 if decisions_given or base_tiling.sub_blocks > 1 else 0)
-    counters[0] = rows * blocks
-    counters[2] = rows * base_passes * base_steps.sum() * base_tiling.block_m * base_tiling.block_n * taps
-    counters[2] *= base_tiling.block_k
-    if isinstance(tiling, CompactTiling):
-        columns = tiling.columns
-        column_steps = _column_steps(columns, columns.block_k, tiling.flat_k, taps, layer)
-        tiles, rows_run = compact_tiles(flat.sum(dim=0), columns.block_m)  # [G] per group and sub-block
-        widths = torch.tensor(partition.group_sizes(out_channels, gate_group))
-        counters[1] = (tiles * (-(-widths // columns.block_n))).sum()  # sub-blocks holding channels
-        counters[3] = (rows_run * column_steps).sum() * columns.block_n * columns.block_k
-        return counters.to(decisions.device)
-    active = tiled_active(flat, base_tiling)
-    counters[1] = active.sum()
-    counters[3] = (active.long() * cond_steps[None, :]).sum() * base_tiling.block_m * base_tiling.block_n * taps
-    counters[3] *= base_tiling.block_k
-    return counters.to(decisions.device)
-
-
-def check_decisions(decisions: torch.Tensor, out_channels: int, gate_group: int) -> int:
-    """The number of gate groups ``G``; ``ValueError`` unless ``decisions`` is bool ``[N, G, OH, OW]``."""
-    groups = partition.gate_group_count(out_channels, gate_group)
-    if decisions.dtype != torch.bool or decisions.dim() != 4 or decisions.shape[1] != groups:
-        raise ValueError(
-            f"decisions must be bool [N, {groups}, OH, OW] for out_channels={out_channels}, "
-            f"gate_group={gate_group}; got {decisions.dtype} {tuple(decisions.shape)}"
-        )
-    return groups
-
-
-def tiled_active(flat: torch.Tensor, tiling: GatedTiling) -> torch.Tensor:
-    """Bool ``[rows, blocks]``: the tiled schedule's programs with a decision on (they run their conditional loops).
-
-    ``flat`` is the bool decisions ``[M, G]`` (pixel-major) on CPU; program
-    ``(p, q)`` covers pixels ``[p*block_m, (p+1)*block_m)`` and gate groups
-    ``[q*groups_per_block, (q+1)*groups_per_block)``.
-    """
-    pixels, groups = flat.shape
-    rows, blocks = -(-pixels // tiling.block_m), -(-groups // tiling.groups_per_block)
-    padded = torch.zeros(rows * tiling.block_m, blocks * tiling.groups_per_block, dtype=torch.bool)
-    padded[:pixels, :groups] = flat
-    return padded.view(rows, tiling.block_m, blocks, tiling.groups_per_block).any(dim=3).any(dim=1)
-
-
-def compact_tiles(counts: torch.Tensor, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conditional tiles, and the rows they run, of compacted columns with ``counts`` active pixels each.
-
-    ``counts // block_m`` full tiles of ``block_m`` rows, then ``cdiv(counts %
-    block_m, TAIL_BLOCK_M)`` tiles of :data:`TAIL_BLOCK_M` rows (the tail launch;
-    for ``block_m = TAIL_BLOCK_M`` the same count as ``cdiv(counts, block_m)``
-    tiles of one launch). int64 tensors shaped like ``counts``.
-    """
-    counts = counts.long()
-    full = counts // block_m
-    tail = -(-(counts - full * block_m) // TAIL_BLOCK_M)
-    return full + tail, full * block_m + tail * TAIL_BLOCK_M
 
 
 def resolve_schedule(schedule: str, gate_group: int, out_channels: int, gate_block: int = 1) -> str:

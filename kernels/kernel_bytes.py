@@ -32,17 +32,8 @@ import torch
 from . import partition
 from .compaction import active_rows_bytes
 from .conv_tuning import conv_tiling
-from .gated_tiling import (
-    CompactTiling,
-    _block_k_steps,
-    _block_ranges,
-    _column_steps,
-    check_decisions,
-    compact_tiles,
-    resolve_schedule,
-    schedule_tiling,
-    tiled_active,
-)
+from .gated_tiling import CompactTiling, block_k_steps, block_ranges, column_steps
+from .gated_work import CountedCall, compact_tiles, tiled_active
 from .spec import GateSpec
 
 __all__ = ["KernelBytes", "dense_kernel_bytes", "dense_kernel_macs", "gated_kernel_bytes"]
@@ -98,7 +89,7 @@ def gated_kernel_bytes(
     ``residual`` (the epilogue reads a residual tile beside every output tile
     it stores). Compacted schedule, per (group, sub-block) column with ``c``
     active pixels: ``c // block_m`` tiles of ``block_m`` rows and
-    ``cdiv(c % block_m, 16)`` of 16 (:func:`kernels.gated_tiling.compact_tiles`).
+    ``cdiv(c % block_m, 16)`` of 16 (:func:`kernels.gated_work.compact_tiles`).
     Tiled schedule: every program's base loop and output tiles, and the
     conditional loop of each program with a decision on.
 
@@ -109,31 +100,23 @@ def gated_kernel_bytes(
     Raises:
         ValueError: as :func:`kernels.gated_kernel_counters`.
     """
-    groups = check_decisions(decisions, out_channels, gate_group)
-    block = 1 if decisions_given else gate_block
-    schedule = resolve_schedule(schedule, gate_group, out_channels, block)
-    n, _, oh, ow = decisions.shape
-    pixels = n * oh * ow
+    call = CountedCall.of(decisions, in_channels, out_channels, kernel, base_fraction, base_layout, gate_group,
+                          gate_block, decisions_given, schedule)  # fmt: skip
+    tiling, layer, taps, pixels, flat, block = call.tiling, call.layer, call.taps, call.pixels, call.flat, call.block
     if pixels == 0:
         return KernelBytes(0, 0, 0)
-    layer = (in_channels, out_channels, base_fraction, base_layout, gate_group)
-    taps = kernel[0] * kernel[1]
-    tiling = schedule_tiling(schedule, pixels, in_channels, out_channels, kernel, gate_group, base_fraction,
-                             base_layout)  # fmt: skip
     first = tiling.first
     out_bytes = element_size * (2 if residual else 1)  # per output element: its store, and the residual read
-    flat = decisions.detach().cpu().permute(0, 2, 3, 1).reshape(pixels, groups)
 
     # First (tiled: only) launch: one program per (tile of block_m pixels, block of groups).
-    base_steps, cond_steps = _block_k_steps(first, first.block_k, *layer)  # [blocks], channel steps of all sub-blocks
-    _, hull_hi, _, _ = _block_ranges(first.block_n, first.group_slot, first.groups_per_block, first.sub_blocks,
-                                     *layer)  # fmt: skip
+    base_steps, cond_steps = block_k_steps(first, first.block_k, *layer)  # [blocks], channel steps of all sub-blocks
+    _, hull_hi, _, _ = block_ranges(first.block_n, first.group_slot, first.groups_per_block, first.sub_blocks,
+                                    *layer)  # fmt: skip
     live_sub_blocks = int((hull_hi > 0).sum())  # (block, sub-block) pairs holding a channel, summed over blocks
     rows = -(-pixels // first.block_m)
     step_bytes = (first.block_m + first.block_n) * first.block_k * element_size  # one A tile and one B tile
-    passes = (0 if decisions_given else 1) + (1 if decisions_given or first.sub_blocks > 1 else 0)
     decision_bytes = rows * base_steps.numel() * first.block_m * first.groups_per_block * (4 if block > 1 else 1)
-    first_bytes = rows * passes * taps * int(base_steps.sum()) * step_bytes + decision_bytes
+    first_bytes = rows * call.base_passes * taps * int(base_steps.sum()) * step_bytes + decision_bytes
     first_bytes += rows * live_sub_blocks * first.block_m * first.block_n * out_bytes
     if not isinstance(tiling, CompactTiling):
         active = tiled_active(flat, first).long().sum(dim=0)  # [blocks] programs that run their conditional loops
@@ -143,11 +126,12 @@ def gated_kernel_bytes(
     counts = flat.sum(dim=0)
     active_pairs = pixels * widths.sum() if block > 1 else (counts * widths).sum()  # deferred: every pair stored
     first_bytes += 4 * int(active_pairs)
+    n, groups, oh, ow = decisions.shape
     between = active_rows_bytes(pixels, groups) + (_block_mean_bytes(n, groups, oh, ow, block) if block > 1 else 0)
 
     columns = tiling.columns
     bn, bk = columns.block_n, columns.block_k
-    steps = _column_steps(columns, bk, tiling.flat_k, taps, layer)  # [G] K steps (taps included) of all sub-blocks
+    steps = column_steps(columns, bk, tiling.flat_k, taps, layer)  # [G] K steps (taps included) of all sub-blocks
     sub_blocks = -(-widths // bn)  # sub-blocks holding channels, per group
     tiles, rows_run = compact_tiles(counts, columns.block_m)
     per_row = 4 + 4 * bn + bn * out_bytes  # row index, float32 base sums, output (and residual) per row and sub-block
