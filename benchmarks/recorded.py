@@ -38,6 +38,7 @@ __all__ = [
     "FORMAT",
     "RecordedLayer",
     "load_decisions",
+    "model_layers",
     "record_decisions",
     "recorded_records",
     "save_decisions",
@@ -183,6 +184,19 @@ def load_decisions(path: str | Path) -> tuple[list[RecordedLayer], dict[str, Any
         except (TypeError, ValueError) as exc:
             raise ValueError(f"decisions file {path}: {exc}") from exc
     return layers, payload["source"]
+
+
+def model_layers(path: str | Path) -> tuple[str, list[RecordedLayer]]:
+    """A decisions file's model name (its layers' names' first part, else the file's stem) and layers.
+
+    Raises ``ValueError`` for a bad file (:func:`load_decisions`) and
+    ``NotImplementedError`` for a layer the benchmark cases cannot build
+    (non-square geometry, :meth:`RecordedLayer.shape`).
+    """
+    layers, _ = load_decisions(path)
+    for layer in layers:
+        layer.shape()
+    return (layers[0].name.split(".")[0] if layers else Path(path).stem), layers
 
 
 def recorded_records(

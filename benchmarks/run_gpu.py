@@ -118,7 +118,7 @@ from .bench_channel_sparse import default_out as channel_sparse_out
 from .bench_channel_sparse import run as run_channel_sparse
 from .checks import failures
 from .counting import count_records, network_totals
-from .recorded import RecordedLayer, load_decisions, recorded_records
+from .recorded import model_layers, recorded_records
 from .report import default_out, environment, print_rates, print_summary, print_totals, recorded_summary, summarize
 from .shapes import MODELS, QUICK_MIN_COUNT, select_shapes
 from .sweep import Sweep
@@ -222,7 +222,7 @@ def run(sweep: Sweep, count_only: bool, out: Path | None = None, decisions: Sequ
         "shapes": [shape.to_dict() for shape in shapes],
     }
     try:
-        recorded = [_recorded_layers(path) for path in decisions]
+        recorded = [model_layers(path) for path in decisions]
     except (ValueError, NotImplementedError) as exc:
         print(f"run_gpu: {exc}", file=sys.stderr)
         return 2
@@ -264,18 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.run_gpu [flags]``: parse the flags, then :func:`run`."""
     args = parse_args(argv)
     return run(sweep_from_args(args), args.count_only, args.out, args.decisions)
-
-
-def _recorded_layers(path: Path) -> tuple[str, list[RecordedLayer]]:
-    """A decisions file's layers and the model they come from (their names' first part).
-
-    Raises ``ValueError`` for a bad file and ``NotImplementedError`` for a
-    layer the benchmark cases cannot build (non-square geometry).
-    """
-    layers, _ = load_decisions(path)
-    for layer in layers:
-        layer.shape()
-    return (layers[0].name.split(".")[0] if layers else path.stem), layers
 
 
 if __name__ == "__main__":

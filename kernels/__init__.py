@@ -31,6 +31,8 @@
   (:func:`block_mean`; shared with ``gating``);
   :mod:`kernels.work`: the gated MAC rule (shared with ``gating.accounting``);
   :mod:`kernels.gated_tiling`: the gated kernel's tiles and schedules;
+  :mod:`kernels.gated_override`: the tiles a call runs (:func:`schedule_tiling`)
+  and the check of a ``tiling=`` override (:func:`check_gated_tiling`);
   :mod:`kernels.gated_work`: :func:`gated_kernel_counters`, the work it will
   execute on given decisions (pure PyTorch, any machine); :mod:`kernels.kernel_bytes`: the bytes the gated
   and dense kernels issue and the dense kernel's tile-rounded MACs
@@ -79,6 +81,8 @@ from .partition import (
 )
 from .compaction import ActiveRows, active_rows, active_rows_bytes
 from .gated_tiling import (
+    IN_PLACE_PERCENT,
+    MAX_COMPACT_ROWS,
     SCHEDULES,
     TAIL_BLOCK_M,
     CompactTiling,
@@ -86,8 +90,8 @@ from .gated_tiling import (
     compact_tiling,
     gated_tiling,
     resolve_schedule,
-    schedule_tiling,
 )
+from .gated_override import check_gated_tiling, schedule_tiling
 from .gated_work import compact_tiles, gated_kernel_counters
 from .conv_tuning import CANDIDATES, ConvTiling, candidates, check_tiling, clear_choices, conv_tiling, select_tiling
 from .kernel_bytes import KernelBytes, dense_kernel_bytes, dense_kernel_macs, gated_kernel_bytes
@@ -136,12 +140,15 @@ __all__ = [
     "compact_tiling",
     "compact_tiles",
     "TAIL_BLOCK_M",
+    "IN_PLACE_PERCENT",
+    "MAX_COMPACT_ROWS",
     "KernelBytes",
     "gated_kernel_bytes",
     "dense_kernel_bytes",
     "dense_kernel_macs",
     "resolve_schedule",
     "schedule_tiling",
+    "check_gated_tiling",
     "ActiveRows",
     "active_rows",
     "active_rows_bytes",

@@ -19,6 +19,7 @@ Every message names the offending argument.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -108,6 +109,54 @@ def as_pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, i
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return pair
+
+
+TILE_WARPS = (1, 2, 4, 8)
+"""``num_warps`` a launch configuration may take."""
+
+MAX_TILE_ELEMENTS = 128 * 256
+"""float32 accumulator elements of one program (128 registers a thread at 8 warps)."""
+
+
+def check_tile_elements(name: str, block_m: int, block_n: int) -> None:
+    """``ValueError`` naming ``name`` when a ``block_m x block_n`` tile exceeds :data:`MAX_TILE_ELEMENTS`."""
+    if block_m * block_n > MAX_TILE_ELEMENTS:
+        raise ValueError(
+            f"{name}: block_m*block_n={block_m * block_n} exceeds {MAX_TILE_ELEMENTS} "
+            "(the float32 accumulator of one program)"
+        )
+
+
+def check_tile_fields(tiling: object, name: str = "tiling") -> None:
+    """``TypeError`` naming ``name.field`` unless every field of the tiling dataclass is an int.
+
+    Fields declared ``bool`` must be bools; fields holding another tiling are
+    checked the same way (``name.field.subfield``).
+    """
+    for field in dataclasses.fields(tiling):
+        value = getattr(tiling, field.name)
+        where = f"{name}.{field.name}"
+        if dataclasses.is_dataclass(value):
+            check_tile_fields(value, where)
+        elif field.type in (bool, "bool"):
+            if not isinstance(value, bool):
+                raise TypeError(f"{where} must be a bool, got {describe(value)}")
+        elif not is_int(value):
+            raise TypeError(f"{where} must be an int, got {describe(value)}")
+
+
+def check_tile_block(name: str, value: int, high: int, why: str = "tl.dot needs 16") -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is a power of two in ``[16, high]``."""
+    if value < 16 or value > high or value & (value - 1):
+        raise ValueError(f"{name}={value} must be a power of two in [16, {high}] ({why})")
+
+
+def check_tile_launch(name: str, num_warps: int, num_stages: int | None = None) -> None:
+    """``ValueError`` naming ``name`` unless ``num_warps`` is in :data:`TILE_WARPS` and ``num_stages >= 1``."""
+    if num_warps not in TILE_WARPS:
+        raise ValueError(f"{name}: num_warps={num_warps} must be one of {TILE_WARPS}")
+    if num_stages is not None and num_stages < 1:
+        raise ValueError(f"{name}: num_stages={num_stages} must be >= 1")
 
 
 def check_tensor(value: object, name: str) -> torch.Tensor:

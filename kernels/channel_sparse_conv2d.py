@@ -162,7 +162,7 @@ def _store_masked_epilogue(
         y = y + tl.load(shift_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)[None, :]
     y = tl.where(keep[None, :], y, 0.0)
     store_epilogue(
-        y, y_ptr, scale_ptr, shift_ptr, res_ptr, n, oh, ow, m_ok, ch, ch_ok,
+        y, m_ok[:, None] & ch_ok[None, :], y_ptr, scale_ptr, shift_ptr, res_ptr, n, oh, ow, ch, ch_ok,
         syn, syc, syh, syw, srn, src, srh, srw, False, False, HAS_RESIDUAL, RELU,
     )  # fmt: skip
 

@@ -70,7 +70,7 @@ def _conv2d_kernel(
             KH, KW, BLOCK_K, PATH_DENSE, 1, UPCAST_DOT, DOT_PRECISION,
         )  # fmt: skip
         store_epilogue(
-            acc, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, m_ok, ch, ch_ok,
+            acc, m_ok[:, None] & ch_ok[None, :], y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, ch, ch_ok,
             syn, syc, syh, syw, srn, src, srh, srw, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL, RELU,
         )  # fmt: skip
     else:
@@ -103,7 +103,7 @@ def _split_k_epilogue_kernel(
         rows = (split * M + offs_m).to(tl.int64)
         acc += tl.load(part_ptr + rows[:, None] * C_out + ch[None, :], mask=mask, other=0.0)
     store_epilogue(
-        acc, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, m_ok, ch, ch_ok,
+        acc, m_ok[:, None] & ch_ok[None, :], y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, ch, ch_ok,
         syn, syc, syh, syw, srn, src, srh, srw, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL, RELU,
     )  # fmt: skip
 

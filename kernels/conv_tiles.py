@@ -181,17 +181,20 @@ def accumulate_flat_k(
 
 @triton.jit
 def store_epilogue(
-    y, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, m_ok, ch, ch_ok,
+    y, mask, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, ch, ch_ok,
     syn, syc, syh, syw, srn, src, srh, srw,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
 ):  # fmt: skip
-    """Store ``relu(y*scale[ch] + shift[ch] + residual)`` (float32 math) in y_ptr's dtype."""
+    """Store ``relu(y*scale[ch] + shift[ch] + residual)`` (float32 math) in y_ptr's dtype where ``mask`` is set.
+
+    ``mask`` is ``[BLOCK_M, BLOCK_N]`` (usually ``m_ok[:, None] & ch_ok[None, :]``); residual and output
+    elements outside it are not read or written.
+    """
     if HAS_SCALE:
         y = y * tl.load(scale_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)[None, :]
     if HAS_SHIFT:
         y = y + tl.load(shift_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)[None, :]
     img_off = img.to(tl.int64)
-    mask = m_ok[:, None] & ch_ok[None, :]
     if HAS_RESIDUAL:
         r_offs = (img_off * srn + oh * srh + ow * srw)[:, None] + ch[None, :] * src
         y = y + tl.load(res_ptr + r_offs, mask=mask, other=0.0).to(tl.float32)

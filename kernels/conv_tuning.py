@@ -27,7 +27,14 @@ from dataclasses import dataclass
 import torch
 
 from ._common import gemm_tile_mk, interpreting, next_power_of_2
-from ._validation import ConvGeometry, describe
+from ._validation import (
+    ConvGeometry,
+    check_tile_block,
+    check_tile_elements,
+    check_tile_fields,
+    check_tile_launch,
+    describe,
+)
 
 __all__ = [
     "CANDIDATES", "ConvTiling", "candidates", "check_tiling", "clear_choices", "conv_tiling", "heuristic_tiling",
@@ -36,7 +43,6 @@ __all__ = [
 
 MAX_SPLIT_K = 4  # more splits cost more workspace traffic than the extra wave buys
 MIN_STEPS_PER_SPLIT = 4  # K steps (one BLOCK_K-wide dot each) a split must keep at least
-MAX_TILE_ELEMENTS = 128 * 256  # float32 accumulator elements of one program (128 registers a thread at 8 warps)
 MAX_BLOCK_K = 128
 TIMING_REPS = 5  # timed launches per candidate, after one untimed warm-up (compile) launch
 
@@ -154,30 +160,18 @@ def check_tiling(tiling: object, geom: ConvGeometry) -> None:
 
     ``TypeError`` for another type or a non-int field; ``ValueError`` (naming
     ``tiling`` and the reason) for a block size that is not a power of two, a
-    block under 16 (``tl.dot``), ``block_k`` over 128, ``block_m*block_n`` over
-    :data:`MAX_TILE_ELEMENTS`, ``num_warps`` not in {1, 2, 4, 8},
+    block under 16 (``tl.dot``), ``block_k`` over 128 or another block over 256, ``block_m*block_n`` over
+    :data:`kernels._validation.MAX_TILE_ELEMENTS`, ``num_warps`` not in {1, 2, 4, 8},
     ``num_stages`` or ``group_m`` under 1, ``split_k`` under 1 or over the
     shape's K steps (:func:`k_step_count`).
     """
     if not isinstance(tiling, ConvTiling):
         raise TypeError(f"tiling must be a kernels.conv_tuning.ConvTiling or None, got {describe(tiling)}")
-    for field in dataclasses.fields(tiling):
-        value = getattr(tiling, field.name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"tiling.{field.name} must be an int, got {describe(value)}")
+    check_tile_fields(tiling)
     for name in ("block_m", "block_n", "block_k"):
-        value = getattr(tiling, name)
-        if value < 16 or value & (value - 1):
-            raise ValueError(f"tiling: {name}={value} must be a power of two >= 16 (tl.dot needs 16)")
-    if tiling.block_k > MAX_BLOCK_K:
-        raise ValueError(f"tiling: block_k={tiling.block_k} exceeds {MAX_BLOCK_K}")
-    if tiling.block_m * tiling.block_n > MAX_TILE_ELEMENTS:
-        raise ValueError(
-            f"tiling: block_m*block_n={tiling.block_m * tiling.block_n} exceeds {MAX_TILE_ELEMENTS} "
-            "(the float32 accumulator of one program)"
-        )
-    if tiling.num_warps not in (1, 2, 4, 8):
-        raise ValueError(f"tiling: num_warps={tiling.num_warps} must be 1, 2, 4 or 8")
+        check_tile_block(f"tiling: {name}", getattr(tiling, name), MAX_BLOCK_K if name == "block_k" else 256)
+    check_tile_elements("tiling", tiling.block_m, tiling.block_n)
+    check_tile_launch("tiling", tiling.num_warps)
     for name in ("num_stages", "group_m", "split_k"):
         if getattr(tiling, name) < 1:
             raise ValueError(f"tiling: {name}={getattr(tiling, name)} must be >= 1")

@@ -74,18 +74,18 @@ def path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_h
 
 @triton.jit
 def conditional_sum(
-    x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
+    acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
     H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-    KH: tl.constexpr, KW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    FLAT_K: tl.constexpr, COND_PATH: tl.constexpr, RANGE_ALIGN: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK_K: tl.constexpr, FLAT_K: tl.constexpr, COND_PATH: tl.constexpr,
+    RANGE_ALIGN: tl.constexpr, UPCAST_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """``Yr`` ``[BLOCK_M, BLOCK_N]`` float32 over the conditional channels ``[0, r1_hi)`` and ``[r2_lo, C_in)``.
+    """``acc + Yr``: ``Yr`` ``[BLOCK_M, BLOCK_N]`` float32 over the conditional channels ``[0, r1_hi)`` and
+    ``[r2_lo, C_in)``, accumulated into ``acc`` (zeros for ``Yr`` alone, a base sum for ``Yp + Yr``).
 
     Every tap: per tap (two :func:`accumulate_taps` loops) or, with ``FLAT_K``, over the
     flattened (tap, channel) K of :func:`accumulate_flat_k`.
     """
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if FLAT_K:
         return accumulate_flat_k(
             acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,

@@ -16,11 +16,14 @@ from .conv_tiles import k_steps, pixel_coords, store_epilogue
 from .gated_blocks import block_channels, conditional_sum, path_ranges
 
 # Which tiles of a compacted column a launch runs (``TILES``): every tile of
-# BLOCK_M rows (the last one padded), only the full ones, or the tail: the
-# column's last ``count % MAIN_BLOCK_M`` rows in tiles of BLOCK_M (16) rows.
+# BLOCK_M rows (the last one padded), only the full ones, one level of the
+# remainder (``count % MAIN_BLOCK_M`` rows in binary: a full tile of BLOCK_M
+# rows, 32 <= BLOCK_M < MAIN_BLOCK_M, where that bit is set), or its tail:
+# the last ``count % 32`` rows in tiles of BLOCK_M (16) rows.
 TILES_ALL = tl.constexpr(0)
 TILES_FULL = tl.constexpr(1)
 TILES_TAIL = tl.constexpr(2)
+TILES_LEVEL = tl.constexpr(3)
 
 
 @triton.jit
@@ -45,10 +48,15 @@ def _gated_conditional_kernel(
     (``counts_ptr``) run depends on ``TILES``: ``TILES_ALL`` tile ``t`` covers
     slots ``[t*BLOCK_M, (t+1)*BLOCK_M)`` and runs when it starts before
     ``count`` (the last one padded); ``TILES_FULL`` only when it ends by
-    ``count`` (its rows need no mask); ``TILES_TAIL`` (the tail launch, BLOCK_M
-    16) covers slots from ``(count // MAIN_BLOCK_M) * MAIN_BLOCK_M +
-    t*BLOCK_M`` and runs when that is before ``count``, so the full and tail
-    launches together run each slot once. A program that does not run, or
+    ``count`` (its rows need no mask). The remainder ``r = count % MAIN_BLOCK_M``
+    after ``base = count - r`` is cut in binary: ``TILES_LEVEL`` (one program
+    per column, ``32 <= BLOCK_M < MAIN_BLOCK_M``) covers the full tile
+    ``[base + (r // (2*BLOCK_M)) * 2*BLOCK_M, ... + BLOCK_M)`` when bit
+    ``BLOCK_M`` of ``r`` is set; ``TILES_TAIL`` (BLOCK_M 16, two programs per
+    column) covers slots from ``base + (r // 32) * 32 + t*16`` and runs when
+    that is before ``count``. So the full, level and tail launches together
+    run each slot once, pad at most 15 rows per column and load its weight
+    columns at most ``count // MAIN_BLOCK_M + log2(MAIN_BLOCK_M) - 3`` times. A program that does not run, or
     whose sub-block lies past the group's last channel, does nothing.
     Otherwise it gathers its
     ``BLOCK_M`` pixels from the group's list (``rows_ptr``, which may mix
@@ -65,17 +73,22 @@ def _gated_conditional_kernel(
     sub = column - group * SUB_BLOCKS
     count = tl.load(counts_ptr + group)
     group_width = tl.minimum(gate_group, C_out - group * gate_group)
+    base = (count // MAIN_BLOCK_M) * MAIN_BLOCK_M
     if TILES == TILES_TAIL:
-        start = (count // MAIN_BLOCK_M) * MAIN_BLOCK_M + tile * BLOCK_M
+        start = base + ((count - base) // 32) * 32 + tile * BLOCK_M
+    elif TILES == TILES_LEVEL:
+        start = base + ((count - base) // (2 * BLOCK_M)) * (2 * BLOCK_M)
     else:
         start = tile * BLOCK_M
     if TILES == TILES_FULL:
         runs = start + BLOCK_M <= count
+    elif TILES == TILES_LEVEL:
+        runs = ((count - base) // BLOCK_M) % 2 == 1
     else:
         runs = start < count
     if runs & (sub * BLOCK_N < group_width):
         slot = start + tl.arange(0, BLOCK_M)
-        if TILES == TILES_FULL:
+        if (TILES == TILES_FULL) or (TILES == TILES_LEVEL):
             m_ok = tl.full([BLOCK_M], 1, tl.int1)
         else:
             m_ok = slot < count
@@ -87,17 +100,17 @@ def _gated_conditional_kernel(
         )
         yp_offs = pix.to(tl.int64)[:, None] * C_out + ch[None, :]
         y = tl.load(yp_ptr + yp_offs, mask=m_ok[:, None] & ch_ok[None, :], other=0.0)
-        y_cond = conditional_sum(
-            x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
+        y = conditional_sum(
+            y, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
             H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-            KH, KW, BLOCK_M, BLOCK_N, BLOCK_K, FLAT_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+            KH, KW, BLOCK_K, FLAT_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
         )  # fmt: skip
         if FLAT_K:
             cond_steps = tl.cdiv(KH * KW * (r1_hi + C_in - r2_lo), BLOCK_K)
         else:
             cond_steps = KH * KW * (k_steps(0, r1_hi, BLOCK_K) + k_steps(r2_lo, C_in, BLOCK_K))
         store_epilogue(
-            y + y_cond, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, m_ok, ch, ch_ok,
+            y, m_ok[:, None] & ch_ok[None, :], y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, ch, ch_ok,
             syn, syc, syh, syw, srn, src, srh, srw, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL, RELU,
         )  # fmt: skip
         if COUNT_STATS:

@@ -6,11 +6,11 @@ launch code; the compacted schedule's second kernel is in
 :mod:`kernels.gated_blocks`. Two schedules (:data:`kernels.gated_tiling.SCHEDULES`). Compacted (the
 default for gate groups of 16 channels or more): a first launch computes,
 per (pixel tile, block of whole gate groups), the base partial sum, the
-decisions and the epilogue of the base sum; the active pixels of each gate
+decisions and the epilogue of the base sum where the gate is off; the active pixels of each gate
 group are listed across the batch on device (:mod:`kernels.compaction`); a
 second launch runs each group's conditional channels as an implicit GEMM
 over tiles of its listed pixels (rows of different images share a tile) and
-overwrites their outputs; when its tiles are taller than 16 rows it runs only
+stores their outputs; when its tiles are taller than 16 rows it runs only
 full tiles, and a tail launch of the same kernel runs each group's remaining
 pixels in 16-row tiles. Tiled: one launch whose (pixel tile, channel block)
 programs compute the base sum and decisions and run the conditional sum only
@@ -52,17 +52,26 @@ from ._common import (
 )
 from ._validation import ConvGeometry, validate_gated
 from .compaction import active_rows
-from .conv_tiles import PATH_BASE, PATH_CONDITIONAL, PATH_DENSE, accumulate_taps, k_steps, pixel_coords, store_epilogue
+from .conv_tiles import (
+    PATH_BASE,
+    PATH_CONDITIONAL,
+    PATH_DENSE,
+    accumulate_taps,
+    k_steps,
+    pixel_coords,
+    store_epilogue,
+)
 from .gated_blocks import block_channels, conditional_sum, path_ranges
-from .gated_conditional import TILES_ALL, TILES_FULL, TILES_TAIL, _gated_conditional_kernel
-from .gated_tiling import TAIL_BLOCK_M, CompactTiling, GatedTiling, resolve_schedule, schedule_tiling, tiling_tail
+from .gated_conditional import TILES_ALL, TILES_FULL, TILES_LEVEL, TILES_TAIL, _gated_conditional_kernel
+from .gated_override import schedule_tiling
+from .gated_tiling import TAIL_BLOCK_M, CompactTiling, GatedTiling, resolve_schedule, tiling_tail
 from .spec import GateSpec
 
 
 @triton.jit
 def _gated_conv2d_kernel(
-    x_ptr, w_ptr, y_ptr, yp_ptr, dec_ptr, stat_ptr, gate_scale_ptr, gate_shift_ptr, base_lo_ptr, base_hi_ptr,
-    scale_ptr, shift_ptr, res_ptr, stats_ptr,
+    x_ptr, w_ptr, y_ptr, yp_ptr, dec_ptr, stat_ptr, pending_ptr, gate_scale_ptr, gate_shift_ptr, base_lo_ptr,
+    base_hi_ptr, scale_ptr, shift_ptr, res_ptr, stats_ptr,
     M, H, W, C_in, C_out, OH, OW, G, gate_group, uniform_lo, uniform_hi,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw, sdn, sdg, sdh, sdw, srn, src, srh, srw,
     SH, SW, PH, PW, DH, DW,
@@ -71,30 +80,43 @@ def _gated_conv2d_kernel(
     GROUP_SLOT: tl.constexpr, GROUPS_PER_BLOCK: tl.constexpr, SUB_BLOCKS: tl.constexpr, SLOT_IS_GROUP: tl.constexpr,
     RANGE_ALIGN: tl.constexpr, BASE_PATH: tl.constexpr, COND_PATH: tl.constexpr,
     HAS_DECISIONS: tl.constexpr, DEFER_DECISIONS: tl.constexpr, COUNT_STATS: tl.constexpr, COMPACT: tl.constexpr,
+    IN_PLACE_PERCENT: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One program per (tile of BLOCK_M output pixels, block of GROUPS_PER_BLOCK whole gate groups).
 
-    With ``COMPACT`` this is the first launch of the compacted schedule: no
-    conditional loops; pass 2 stores the epilogue of the base sum for every
-    pixel and, for the active (pixel, group) pairs, the float32 base sum into
-    ``yp_ptr`` (``[M, C_out]``), which ``_gated_conditional_kernel`` completes.
-    With ``DEFER_DECISIONS`` (compacted only, for decisions over blocks of
-    pixels) pass 1 stores the float32 statistic ``sum(z)`` per (pixel, group)
-    into ``stat_ptr`` (laid out like the decisions) instead of a decision,
-    and pass 2 treats every pair as active; the launcher decides per block.
-    Otherwise (the single-launch tiled schedule):
-
     The block's columns are ``SUB_BLOCKS`` sub-blocks of ``BLOCK_N`` (see
     :func:`gated_tiling`). Pass 1 (skipped when decisions are given): base
     K loop per sub-block, ``z = Yp*gate_scale + gate_shift``, sum per (pixel,
     group), decision ``> 0`` stored. Pass 2 per sub-block: the base sum (kept
-    from pass 1 when there is one sub-block, recomputed otherwise), then,
-    only if some decision of the whole tile is on, the conditional K loops and
-    the per-(pixel, group) blend ``Yp + d*Yr``; then the fused epilogue.
-    Counters (``COUNT_STATS``): tiles, conditional tiles, and base /
-    conditional MACs as ``BLOCK_M*BLOCK_N*KH*KW*BLOCK_K`` per K step run.
+    from pass 1 when there is one sub-block, recomputed otherwise); then, if
+    the tile runs its conditional work here, the epilogue of the base sum for
+    the gated-off (pixel, group) pairs, the conditional K loops accumulated
+    into the base sum, and the epilogue of ``Yp + Yr`` for the active pairs.
+    The tiled schedule (one launch) runs it here whenever some decision of the
+    tile is on.
+
+    With ``COMPACT`` this is the first launch of the compacted schedule. A
+    tile runs its conditional work here only when ``IN_PLACE_PERCENT > 0`` and at
+    least ``IN_PLACE_PERCENT`` % of its (pixel, group) pairs are on (integer
+    rule ``100 * on >= IN_PLACE_PERCENT * pairs``), and then stores 0 for its
+    pairs in ``pending_ptr`` (uint8 ``[M, G]``, the decisions left to the
+    conditional launch; the decisions elsewhere). Any other tile stores the
+    epilogue of the base sum for its gated-off pairs and, for the active
+    ones, the float32 base sum into ``yp_ptr`` (``[M, C_out]``), which
+    ``_gated_conditional_kernel`` completes and stores (no output element is
+    written twice). With ``DEFER_DECISIONS`` (decisions over blocks of
+    pixels; ``IN_PLACE_PERCENT`` must be 0) pass 1 stores the float32 statistic
+    ``sum(z)`` per (pixel, group) into ``stat_ptr`` (laid out like the
+    decisions) instead of a decision, and pass 2 treats every pair as active
+    (its base sum kept) and stores the epilogue of every pixel's base sum,
+    since only the launcher decides per block which of them the conditional
+    launch overwrites.
+
+    Counters (``COUNT_STATS``): tiles, tiles that ran their conditional
+    work here, and base / conditional MACs as ``BLOCK_M*BLOCK_N*KH*KW*BLOCK_K``
+    per K step run.
     """
     pid = tl.program_id(0)
     n_blocks = tl.cdiv(G, GROUPS_PER_BLOCK)
@@ -133,9 +155,19 @@ def _gated_conv2d_kernel(
             d = (z_sum > 0.0) & d_mask
             tl.store(dec_ptr + d_offs, d.to(tl.uint8), mask=d_mask)
     d_int = d.to(tl.int32)
-    any_on = tl.max(d_int) > 0
-    on = tl.reshape(tl.broadcast_to(d_int[:, :, None], (BLOCK_M, GROUPS_PER_BLOCK, GROUP_SLOT)), (BLOCK_M, BLOCK_N))
-    on = on != 0
+    n_on = tl.sum(tl.sum(d_int, axis=1), axis=0)
+    if not COMPACT:
+        runs_here = n_on > 0
+    elif IN_PLACE_PERCENT > 0:
+        # In place: a tile with at least IN_PLACE_PERCENT % of its (pixel, group) pairs on runs its conditional
+        # work here; the rest of the active pairs are left to the conditional launch (``pending``).
+        n_pairs = tl.sum(tl.sum(d_mask.to(tl.int32), axis=1), axis=0)
+        runs_here = (n_on > 0) & (n_on * 100 >= IN_PLACE_PERCENT * n_pairs)
+        pix_g = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None] * G + groups[None, :]
+        tl.store(pending_ptr + pix_g, tl.where(runs_here, 0, d_int).to(tl.uint8), mask=d_mask)
+    else:
+        runs_here = False  # compiled out: nothing in place
+    on = _expand_groups(d_int, BLOCK_M, BLOCK_N, GROUPS_PER_BLOCK, GROUP_SLOT) != 0
     cond_steps = 0
     for sub in tl.static_range(SUB_BLOCKS):
         ch, ch_ok = block_channels(
@@ -153,29 +185,47 @@ def _gated_conv2d_kernel(
             base_steps += k_steps(hull_lo, hull_hi, BLOCK_K)
         cond_steps += k_steps(0, r1_hi, BLOCK_K) + k_steps(r2_lo, C_in, BLOCK_K)
         y = y_base
-        if COMPACT:
+        out_mask = m_ok[:, None] & ch_ok[None, :]
+        if runs_here:  # the gated-off pairs' outputs first, then Yp + Yr in the same registers for the others
+            store_epilogue(
+                y_base, out_mask & (on == 0), y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, ch, ch_ok,
+                syn, syc, syh, syw, srn, src, srh, srw, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL, RELU,
+            )  # fmt: skip
+            y = conditional_sum(
+                y_base, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
+                H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+                KH, KW, BLOCK_K, False, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+            )  # fmt: skip
+            # The tile's mask again from the stored decisions, so it is not held in registers through the K
+            # loop; the barrier makes what other threads of this program stored in pass 1 visible.
+            tl.debug_barrier()
+            d_again = tl.load(dec_ptr + d_offs, mask=d_mask, other=0).to(tl.int32)
+            out_mask = out_mask & (_expand_groups(d_again, BLOCK_M, BLOCK_N, GROUPS_PER_BLOCK, GROUP_SLOT) != 0)
+        elif COMPACT:
             pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
             yp_offs = pix.to(tl.int64)[:, None] * C_out + ch[None, :]
-            tl.store(yp_ptr + yp_offs, y_base, mask=m_ok[:, None] & ch_ok[None, :] & on)
-        elif any_on:
-            y_cond = conditional_sum(
-                x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
-                H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                KH, KW, BLOCK_M, BLOCK_N, BLOCK_K, False, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
-            )  # fmt: skip
-            y = y_base + tl.where(on, y_cond, 0.0)
+            tl.store(yp_ptr + yp_offs, y_base, mask=out_mask & on)
+            if not DEFER_DECISIONS:  # the conditional launch stores the active pairs' outputs
+                out_mask = out_mask & (on == 0)
         store_epilogue(
-            y, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, m_ok, ch, ch_ok,
+            y, out_mask, y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, ch, ch_ok,
             syn, syc, syh, syw, srn, src, srh, srw, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL, RELU,
         )  # fmt: skip
     if COUNT_STATS:
         step_macs = BLOCK_M * BLOCK_N * KH * KW * BLOCK_K
         tl.atomic_add(stats_ptr, 1)
         tl.atomic_add(stats_ptr + 2, base_steps.to(tl.int64) * step_macs)
-        if not COMPACT:
-            if any_on:
-                tl.atomic_add(stats_ptr + 1, 1)
-                tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * step_macs)
+        if runs_here:
+            tl.atomic_add(stats_ptr + 1, 1)
+            tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * step_macs)
+
+
+@triton.jit
+def _expand_groups(
+    d, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_BLOCK: tl.constexpr, GROUP_SLOT: tl.constexpr
+):  # fmt: skip
+    """``[BLOCK_M, GROUPS_PER_BLOCK]`` per-group values repeated over each group's ``GROUP_SLOT`` columns."""
+    return tl.reshape(tl.broadcast_to(d[:, :, None], (BLOCK_M, GROUPS_PER_BLOCK, GROUP_SLOT)), (BLOCK_M, BLOCK_N))
 
 
 @functools.lru_cache(maxsize=256)
@@ -209,6 +259,7 @@ def gated_conv2d(
     decisions: torch.Tensor | None = None,
     count_work: bool = False,
     schedule: str = "auto",
+    tiling: GatedTiling | CompactTiling | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton launch of the partial-sum channel-gated conv (groups=1) that skips gated-off conditional work on device.
 
@@ -244,12 +295,22 @@ def gated_conv2d(
             compact for gate groups of 16 channels or more), ``"compact"`` or
             ``"tiled"`` (:data:`kernels.gated_tiling.SCHEDULES`). Compact: a first launch
             computes the base sums and decisions of every pixel and stores
-            the epilogue of the base sum; the active pixels of each gate group
+            the epilogue of the base sum where the gate is off; the active pixels of each gate group
             are listed across the batch on device (:func:`kernels.compaction.active_rows`);
             a second launch runs each group's conditional channels over tiles
             of its listed pixels only and stores their outputs. Tiled: one
             launch whose (pixel tile, channel block) programs run their
             conditional loops when any decision they cover is on.
+        tiling: launch tiles to use instead of the layer's own
+            (:func:`kernels.gated_override.schedule_tiling`): a
+            :class:`kernels.gated_tiling.CompactTiling` for the compact
+            schedule, a :class:`kernels.gated_tiling.GatedTiling` for the
+            tiled one, e.g. ``dataclasses.replace(kernels.compact_tiling(...),
+            block_m=64)``. Checked against the layer
+            (:func:`kernels.gated_override.check_gated_tiling`): ``TypeError`` /
+            ``ValueError`` naming ``tiling`` and the reason when it does not
+            fit. It changes speed and the counted work, not the result;
+            :func:`kernels.gated_kernel_counters` takes the same argument.
 
     Returns:
         Fresh ``(out, decisions, counters)``: out ``[N, C_out, OH, OW]`` in x's
@@ -275,7 +336,8 @@ def gated_conv2d(
     schedule = resolve_schedule(schedule, gate_group, geom.out_channels, block)
     require_kernel_support(x)
     tiling = schedule_tiling(
-        schedule, geom.pixels, geom.in_channels, geom.out_channels, geom.kernel, gate_group, base_fraction, base_layout
+        schedule, geom.pixels, geom.in_channels, geom.out_channels, geom.kernel, gate_group, base_fraction, base_layout,
+        tiling,
     )
     y = new_output(geom, x)
     out_decisions = new_decisions(geom, gate_group, x)
@@ -331,9 +393,13 @@ class _GatedLaunch:
     def run(self) -> None:
         geom, tiling, y = self.geom, self.tiling.first, self.y
         num_gate_groups = partition.gate_group_count(geom.out_channels, self.gate_group)
-        base_sums = statistic = None
+        base_sums = statistic = pending = None
+        in_place = 0  # IN_PLACE_PERCENT: decided over pixel blocks only after the first launch, nothing in place
         if isinstance(self.tiling, CompactTiling):
             base_sums = torch.empty(geom.pixels, geom.out_channels, dtype=torch.float32, device=y.device)
+            if self.gate_block == 1 and self.tiling.in_place_percent:
+                in_place = self.tiling.in_place_percent
+                pending = torch.empty(geom.pixels, num_gate_groups, dtype=torch.uint8, device=y.device)
         if self.gate_block > 1:
             statistic = torch.empty_strided(
                 self.dec_bytes.shape, self.dec_bytes.stride(), dtype=torch.float32, device=y.device
@@ -341,7 +407,7 @@ class _GatedLaunch:
         grid = (triton.cdiv(geom.pixels, tiling.block_m) * triton.cdiv(num_gate_groups, tiling.groups_per_block),)
         _gated_conv2d_kernel[grid](
             self.x, self.w, y, optional_pointer(base_sums, y), self.dec_bytes, optional_pointer(statistic, y),
-            self.gate_scale, self.gate_shift,
+            optional_pointer(pending, y), self.gate_scale, self.gate_shift,
             self.base.lo, self.base.hi, *self._epilogue_pointers(),
             geom.pixels, geom.height, geom.width, geom.in_channels, geom.out_channels,
             geom.out_height, geom.out_width, num_gate_groups, self.gate_group,
@@ -353,25 +419,28 @@ class _GatedLaunch:
             GROUP_SLOT=tiling.group_slot, GROUPS_PER_BLOCK=tiling.groups_per_block, SUB_BLOCKS=tiling.sub_blocks,
             SLOT_IS_GROUP=_slot_is_group(tiling, self.gate_group), RANGE_ALIGN=self.base.alignment, **self._paths(),
             HAS_DECISIONS=self.decisions_given, DEFER_DECISIONS=statistic is not None,
-            COUNT_STATS=self.counters is not None, COMPACT=base_sums is not None,
+            COUNT_STATS=self.counters is not None, COMPACT=base_sums is not None, IN_PLACE_PERCENT=in_place,
             **self._epilogue_flags(), num_warps=tiling.num_warps, num_stages=tiling.num_stages,
             **dot_options(self.x.dtype),
         )  # fmt: skip
         if statistic is not None:
             self.dec_bytes.copy_(partition.block_mean(statistic, self.gate_block) > 0)
         if base_sums is not None:
-            self._run_conditional(base_sums, num_gate_groups)
+            flat = self.dec_bytes.permute(0, 2, 3, 1).reshape(geom.pixels, num_gate_groups)
+            self._run_conditional(base_sums, num_gate_groups, flat if pending is None else pending)
 
-    def _run_conditional(self, base_sums: torch.Tensor, num_gate_groups: int) -> None:
-        """List each group's active pixels on device, then launch the conditional tiles over them.
+    def _run_conditional(self, base_sums: torch.Tensor, num_gate_groups: int, flat: torch.Tensor) -> None:
+        """List each group's pixels still to run (``flat``: uint8 ``[M, G]``) on device, then launch the
+        conditional tiles over them.
 
         With a tail (``tiling.tail``), one launch runs each group's full
-        ``block_m`` tiles and a second one its last ``count % block_m``
-        pixels in :data:`TAIL_BLOCK_M`-row tiles; both grids are sized by the
-        upper bound, so neither reads the counts on the host.
+        ``block_m`` tiles and one launch per remainder height
+        (:attr:`CompactTiling.remainder_heights`) the rest of its pixels: one
+        program per column for the heights of 32 rows and more, two for the
+        16-row tail; every grid is sized by the upper bound, so none reads
+        the counts on the host.
         """
         geom, tiling = self.geom, self.tiling
-        flat = self.dec_bytes.permute(0, 2, 3, 1).reshape(geom.pixels, num_gate_groups)
         rows, counts = active_rows(flat)
         if not tiling.tail:
             self._launch_conditional(base_sums, rows, counts, num_gate_groups, tiling.block_m,
@@ -381,8 +450,11 @@ class _GatedLaunch:
         if full_tiles:
             self._launch_conditional(base_sums, rows, counts, num_gate_groups, tiling.block_m, full_tiles,
                                      TILES_FULL, tiling.num_warps)  # fmt: skip
-        self._launch_conditional(base_sums, rows, counts, num_gate_groups, TAIL_BLOCK_M,
-                                 tiling.block_m // TAIL_BLOCK_M, TILES_TAIL, tiling.tail_num_warps)  # fmt: skip
+        for height in tiling.remainder_heights:
+            tiles, per_column = (TILES_TAIL, 2) if height == TAIL_BLOCK_M else (TILES_LEVEL, 1)
+            if tiles == TILES_TAIL or height <= geom.pixels:  # no remainder bit above the layer's pixels
+                self._launch_conditional(base_sums, rows, counts, num_gate_groups, height, per_column, tiles,
+                                         tiling.warps_of(height))  # fmt: skip
 
     def _launch_conditional(
         self, base_sums: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor, num_gate_groups: int,

@@ -21,10 +21,11 @@ from . import partition
 from ._common import base_intervals, gemm_tile_mk, next_power_of_2
 
 __all__ = [
-    "COMPACT_ROWS_DIVISOR",
+    "MAX_COMPACT_ROWS",
     "MAX_BLOCK_N",
     "SCHEDULES",
     "TAIL_BLOCK_M",
+    "IN_PLACE_PERCENT",
     "CompactTiling",
     "GatedTiling",
     "block_k_steps",
@@ -32,7 +33,6 @@ __all__ = [
     "column_steps",
     "compact_tiling",
     "resolve_schedule",
-    "schedule_tiling",
     "gated_tiling",
     "tiling_tail",
 ]
@@ -169,13 +169,25 @@ def block_k_steps(
     return base, conditional
 
 
-COMPACT_ROWS_DIVISOR = 64
-"""The compacted tiles hold ``pixels // COMPACT_ROWS_DIVISOR`` rows (a power of two in [16, 128]).
+MAX_COMPACT_ROWS = 128
+"""Rows of the compacted schedule's main conditional tiles (fewer when the layer has fewer output pixels).
 
-Measured on recorded decisions (``benchmarks/results/counts_cpu_real_decisions.json``):
-32 / 64 / 128 give whole-network conditional work of 1.03-1.12 / 1.01-1.09 /
-1.01-1.08x the exact work at batch 8 and 64; 64 keeps tiles of at least 64
-rows (a Hopper warpgroup MMA) from 4096 output pixels on."""
+Each group's remainder runs in 64-, 32- and 16-row tiles (:func:`kernels.compact_tiles`), so the height
+changes no MAC; a taller main tile loads a group's weight columns once per more rows. Counted on recorded
+decisions and blob masks (``benchmarks/results/tiling_sweep_counts_cpu.json``, ``python -m
+benchmarks.tiling_sweep``), 128 issues the fewest bytes of 16/32/64/128 in all 26 (network, batch) cases."""
+
+
+IN_PLACE_PERCENT = 80
+"""Default ``CompactTiling.in_place_percent``: the share (%) of a first-launch tile's (pixel, group) pairs that
+must be on for the tile to run its conditional work in place (0: never).
+
+80: an in-place tile then runs at most 1.25x its active pairs' conditional MACs (the lowest round share
+under the 1.3x bound of ``docs/design.md#kernels``), while a layer whose gates are all on reads its input
+once per tile of up to 128 channels instead of once per gate group. Counted on ResNet-18/50 blob masks at
+``gate_group`` 32, batch 8 and 64 (``benchmarks/results/tiling_sweep_counts_cpu.json``; roofline estimate over
+the dense kernel's, worst machine balance), 0 -> 80: density 1.0 1.65-2.39 -> 1.03-1.11, 0.5 0.98-1.42 ->
+0.96-1.34, unchanged within 0.003 at 0.25 and below and on recorded decisions."""
 
 
 TAIL_BLOCK_M = 16
@@ -194,10 +206,17 @@ class CompactTiling:
     over tiles of ``block_m`` compacted active
     pixels of that group, ``block_k`` input channels per K step. When
     ``block_m > TAIL_BLOCK_M`` (``tail``) it runs only a group's full tiles,
-    and a second, tail launch runs the rest of its pixels (fewer than
-    ``block_m``) in tiles of :data:`TAIL_BLOCK_M` rows with the same columns and
-    K walk, on ``tail_num_warps`` warps; otherwise the last tile of a group
-    is padded.
+    and the remainder launches (:attr:`remainder_heights`) run the rest of its
+    pixels (``r < block_m``) in binary: one full tile of each height
+    ``block_m/2, ..., 32`` whose bit is set in ``r``, then the last ``r % 32``
+    rows in tiles of :data:`TAIL_BLOCK_M` rows, with the same columns and K
+    walk (warps: :meth:`warps_of`); otherwise the last tile of a group is
+    padded. ``in_place_percent`` (0-100): a first-launch tile with at least
+    that share of its (pixel, group) pairs on runs its conditional work in
+    place, over its full ``base.block_m x base.block_n`` tile, and leaves
+    nothing to the conditional launch; 0 never does (:data:`IN_PLACE_PERCENT`).
+    Decisions over blocks of pixels (``gate_block > 1``) are made after the
+    first launch, which then runs nothing in place.
     """
 
     base: GatedTiling
@@ -209,11 +228,40 @@ class CompactTiling:
     num_warps: int
     num_stages: int
     tail_num_warps: int
+    in_place_percent: int = 0
 
     @property
     def tail(self) -> bool:
-        """Whether a tail launch of :data:`TAIL_BLOCK_M`-row tiles runs each group's last ``< block_m`` pixels."""
+        """Whether remainder launches run each group's last ``< block_m`` pixels (else its last tile is padded)."""
         return self.block_m > TAIL_BLOCK_M
+
+    @property
+    def remainder_heights(self) -> tuple[int, ...]:
+        """Tile heights of the remainder launches, tallest first: ``block_m/2, ..., 32``, then :data:`TAIL_BLOCK_M`.
+
+        Empty without a tail. A column runs one tile of a height ``h >= 32``
+        when bit ``h`` of its remainder is set, and up to two tiles of 16.
+        """
+        if not self.tail:
+            return ()
+        heights, height = [], self.block_m // 2
+        while height > TAIL_BLOCK_M:
+            heights.append(height)
+            height //= 2
+        return (*heights, TAIL_BLOCK_M)
+
+    def warps_of(self, height: int) -> int:
+        """Warps of the conditional launch of tiles ``height`` rows tall.
+
+        ``num_warps`` for ``block_m``; ``tail_num_warps`` for 16; 4 (one
+        warpgroup, which a Hopper warpgroup MMA needs) from 64 rows; twice
+        ``tail_num_warps``, at most 4, for 32.
+        """
+        if height == self.block_m:
+            return self.num_warps
+        if height == TAIL_BLOCK_M:
+            return self.tail_num_warps
+        return 4 if height >= 64 else min(4, 2 * self.tail_num_warps)
 
     @property
     def columns(self) -> GatedTiling:
@@ -232,19 +280,6 @@ class CompactTiling:
         return self.columns
 
 
-def schedule_tiling(
-    schedule: str, pixels: int, in_channels: int, out_channels: int, kernel: tuple[int, int], gate_group: int,
-    base_fraction: float, base_layout: str,
-) -> GatedTiling | CompactTiling:  # fmt: skip
-    """The tiles of a resolved ``schedule``: :func:`compact_tiling` or :func:`gated_tiling`.
-
-    The launcher and :func:`gated_kernel_counters` both take their tiles from here.
-    """
-    if schedule == "compact":
-        return compact_tiling(pixels, in_channels, out_channels, kernel, gate_group, base_fraction, base_layout)
-    return gated_tiling(pixels, in_channels, out_channels, gate_group, base_fraction)
-
-
 @functools.lru_cache(maxsize=512)
 def compact_tiling(
     pixels: int, in_channels: int, out_channels: int, kernel: tuple[int, int], gate_group: int, base_fraction: float,
@@ -255,14 +290,16 @@ def compact_tiling(
     First launch: :func:`gated_tiling`'s, with the columns widened to
     ``min(128, next_power_of_2(C_out))`` (whole groups) for the ``"first"``
     layout, whose base channels are the same for every output channel (the
-    ``"grouped"`` layout keeps the narrow blocks, whose base hull stays short).
+    ``"grouped"`` layout keeps the narrow blocks, whose base hull stays short),
+    on 8 warps from 64 x 128 tiles (4 below): with the in-place conditional
+    loops, 4 warps compiled for sm_90 at the 255-register cap.
     Conditional launch: ``block_n`` = the group's column slot, at least 16
     (``tl.dot``'s minimum: a group of fewer than 16 channels runs padded,
     masked columns) and at most 128 (sub-blocks beyond); ``block_m`` =
-    ``pixels //`` :data:`COMPACT_ROWS_DIVISOR` rounded down to a power of two
-    in [16, 128], so that at densities down to 0.1 the last, partly filled
-    tile of a group adds little (it runs as :data:`TAIL_BLOCK_M`-row tail
-    tiles on 1 warp for ``block_n <= 32``, 2 for 64, 4 for 128: m16 MMAs);
+    :data:`MAX_COMPACT_ROWS`, or ``pixels`` rounded down to a power of two
+    (at least 16) when fewer, the remainder of each group in 64/32/16-row
+    tiles (:attr:`CompactTiling.remainder_heights`; the 16-row ones on 1 warp
+    for ``block_n <= 32``, 2 for 64, 4 for 128: m16 MMAs);
     ``block_k`` in {64, 32, 16}
     and the K walk (per tap, or ``flat_k``: over the flattened (tap, channel)
     K, which pads once per column instead of once per tap) with the least K
@@ -275,11 +312,11 @@ def compact_tiling(
     if base_layout == "first" and base.sub_blocks == 1:
         width = max(base.block_n, min(MAX_BLOCK_N, next_power_of_2(out_channels)))
         base = dataclasses.replace(base, block_n=width, groups_per_block=width // base.group_slot,
-                                   num_warps=8 if base.block_m * width >= 128 * 128 else 4)  # fmt: skip
+                                   num_warps=8 if base.block_m * width >= 64 * 128 else 4)  # fmt: skip
     base = dataclasses.replace(base, block_k=_least_padded_block_k(base, layer, "base"))
     slot = next_power_of_2(min(gate_group, out_channels))
     block_n, sub_blocks = (max(16, slot), 1) if slot <= MAX_BLOCK_N else (MAX_BLOCK_N, base.sub_blocks)
-    block_m = min(128, max(16, _floor_power_of_2(pixels // COMPACT_ROWS_DIVISOR)))
+    block_m = min(MAX_COMPACT_ROWS, max(16, _floor_power_of_2(pixels)))
     columns = GatedTiling(block_m, block_n, 16, block_n, 1, sub_blocks, 4, 3)
     taps = kernel[0] * kernel[1]
 
@@ -292,7 +329,8 @@ def compact_tiling(
     )
     num_warps = 8 if block_m * block_n >= 128 * 128 else 4
     tail_num_warps = max(1, block_n // 32)
-    return CompactTiling(base, block_m, block_n, block_k, sub_blocks, flat_k, num_warps, 3, tail_num_warps)
+    return CompactTiling(base, block_m, block_n, block_k, sub_blocks, flat_k, num_warps, 3, tail_num_warps,
+                         IN_PLACE_PERCENT)  # fmt: skip
 
 
 def column_steps(

@@ -12,8 +12,17 @@ at its full shape (the rows and columns it was launched with, padding rows,
 padding channels and the image border's halo included), once per load, just
 as the counters count a tile's MACs in full. A load or store whose mask is all
 off issues nothing (a program that exits, a sub-block past its group's
-channels), and the first launch's float32 base-sum store, which the decisions
-mask per (pixel, gate group), counts only the channels of the active pairs.
+channels). Stores and loads that the decisions mask per (pixel, gate group)
+count only the channels of the pairs they keep (a group's channels of one
+pixel are contiguous in channels_last memory): in the compacted schedule's
+first launch, the float32 base sums of the active pairs, and the output (and
+residual) of the gated-off ones, whose active pairs the conditional launch
+stores (with ``gate_block > 1`` the first launch stores every output). A
+first-launch tile that runs its conditional loops in place
+(``CompactTiling.in_place_percent``) loads their tiles as the tiled
+schedule's programs do, stores all its outputs and keeps no base sum; the
+launch then also writes the uint8 decisions it leaves to the conditional
+launch (``[M, G]``), which the compaction reads instead of the decisions.
 Element sizes: activations and weights ``element_size``, decisions 1 byte
 (gate statistics 4), base sums 4 (float32), row indices 4 (int32). Not
 counted: per-channel vectors (gate and BatchNorm affines, base intervals),
@@ -32,8 +41,8 @@ import torch
 from . import partition
 from .compaction import active_rows_bytes
 from .conv_tuning import conv_tiling
-from .gated_tiling import CompactTiling, block_k_steps, block_ranges, column_steps
-from .gated_work import CountedCall, compact_tiles, tiled_active
+from .gated_tiling import CompactTiling, GatedTiling, block_k_steps, block_ranges, column_steps
+from .gated_work import CountedCall, compact_tiles, in_place_tiles, pending_pairs, tiled_active
 from .spec import GateSpec
 
 __all__ = ["KernelBytes", "dense_kernel_bytes", "dense_kernel_macs", "gated_kernel_bytes"]
@@ -45,7 +54,8 @@ class KernelBytes(NamedTuple):
     * ``first``: the first launch (compacted schedule) or the only launch
       (tiled schedule) without its conditional K loops: base K loops' ``A``
       and ``B`` tiles, decisions (or gate statistics) loaded or stored, output
-      tiles stored (and residual tiles read), float32 base sums of the active
+      tiles stored (and residual tiles read; compacted: only the gated-off
+      pairs' unless ``gate_block > 1``), float32 base sums of the active
       pairs stored (compacted);
     * ``between``: the PyTorch ops between the launches of the compacted
       schedule: the per-block decisions of ``gate_block > 1`` and the
@@ -80,11 +90,12 @@ def gated_kernel_bytes(
     schedule: str = "auto",
     element_size: int,
     residual: bool = False,
+    tiling: GatedTiling | CompactTiling | None = None,
 ) -> KernelBytes:
     """Bytes :func:`kernels.gated_conv2d` issues on bool ``decisions`` ``[N, G, OH, OW]``, by the kernel's own rule.
 
     Arguments as :func:`kernels.gated_kernel_counters` (same tiles, same
-    skipping, same ``schedule`` and ``decisions_given`` semantics), plus
+    skipping, same ``schedule``, ``decisions_given`` and ``tiling`` semantics), plus
     ``element_size`` (bytes of an activation or weight element) and
     ``residual`` (the epilogue reads a residual tile beside every output tile
     it stores). Compacted schedule, per (group, sub-block) column with ``c``
@@ -101,7 +112,7 @@ def gated_kernel_bytes(
         ValueError: as :func:`kernels.gated_kernel_counters`.
     """
     call = CountedCall.of(decisions, in_channels, out_channels, kernel, base_fraction, base_layout, gate_group,
-                          gate_block, decisions_given, schedule)  # fmt: skip
+                          gate_block, decisions_given, schedule, tiling)  # fmt: skip
     tiling, layer, taps, pixels, flat, block = call.tiling, call.layer, call.taps, call.pixels, call.flat, call.block
     if pixels == 0:
         return KernelBytes(0, 0, 0)
@@ -123,10 +134,17 @@ def gated_kernel_bytes(
         return KernelBytes(first_bytes, 0, int((active * cond_steps).sum()) * taps * step_bytes)
 
     widths = torch.tensor(partition.group_sizes(out_channels, gate_group))
+    n, groups, oh, ow = decisions.shape
+    here = in_place_tiles(flat, first, call.in_place_percent)  # tiles that run their conditional loops in place
+    first_bytes += int((here.long() * cond_steps[None, :]).sum()) * taps * step_bytes
+    if call.in_place_percent:
+        first_bytes += pixels * groups  # the uint8 decisions left to the conditional launch
+    flat = pending_pairs(flat, first, here)
     counts = flat.sum(dim=0)
     active_pairs = pixels * widths.sum() if block > 1 else (counts * widths).sum()  # deferred: every pair stored
     first_bytes += 4 * int(active_pairs)
-    n, groups, oh, ow = decisions.shape
+    if block == 1:  # the conditional launch stores the active pairs' outputs; the first launch skips them
+        first_bytes -= int(active_pairs) * out_bytes
     between = active_rows_bytes(pixels, groups) + (_block_mean_bytes(n, groups, oh, ow, block) if block > 1 else 0)
 
     columns = tiling.columns

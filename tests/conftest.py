@@ -1,19 +1,7 @@
-"""Test set-up: Triton kernels run on CPU through the interpreter in CI.
-
-``TRITON_INTERPRET`` must be set before ``triton`` is first imported, so it is
-set here, at collection time, unless a CUDA device is present (then the same
-tests run the compiled kernels).
-"""
-
-import os
+"""Fixtures of ``tests/`` (the interpreter and thread set-up of both suites is the root ``conftest.py``)."""
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture

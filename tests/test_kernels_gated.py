@@ -15,6 +15,7 @@ tiling documented in ``kernels.gated_conv2d`` (:func:`expected_stats`), and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -80,37 +81,22 @@ def clear_of_rounding(
     return statistic > 0, statistic.abs() > margin
 
 
-def expected_stats(
-    decisions: torch.Tensor, stats: GatedConvStats, weight_shape: torch.Size, gate: dict, decisions_given: bool
-) -> dict[str, int]:
-    """Counters implied by ``decisions`` under the documented tiling.
-
-    Program ``(p, q)``: pixels ``[p*block_m, (p+1)*block_m)`` of the flattened
-    ``(n, oh, ow)`` order and gate groups ``[q*groups_per_block, ...)``, each group
-    in ``block_n // groups_per_block`` columns per sub-block. Its base loop covers
-    the hull of its channels' base intervals; its conditional loops cover
-    ``[0, C_in)`` minus the channels that are base for all of them; each range
-    costs ``cdiv(length, block_k)`` steps of ``block_m*block_n*kh*kw*block_k`` MACs.
-    The base loop runs twice with several sub-blocks (decision and output pass)
-    unless decisions are given.
-    """
-    c_out, c_in, kh, kw = weight_shape
-    g = gate["gate_group"]
-    n, groups, oh, ow = decisions.shape
-    bm, bn, bk, gpb, subs = stats.block_m, stats.block_n, stats.block_k, stats.groups_per_block, stats.sub_blocks
+def program_steps(
+    mask: torch.Tensor, gate_group: int, bn: int, bk: int, gpb: int, subs: int, blocks: int
+) -> tuple[list[int], list[int]]:
+    """Per block ``q`` of ``gpb`` gate groups (``bn // gpb`` columns each, per sub-block): K steps of its base loop
+    (the hull of its channels' base intervals) and of its conditional loops (``[0, C_in)`` minus the channels
+    that are base for all of them), summed over its sub-blocks, at ``bk`` channels a step."""
+    c_out, c_in = mask.shape
     slot = bn // gpb
-    tiles_m, tiles_n = math.ceil(n * oh * ow / bm), math.ceil(groups / gpb)
-    padded = torch.zeros(tiles_m * bm, tiles_n * gpb, dtype=torch.bool)
-    padded[: n * oh * ow, :groups] = decisions.permute(0, 2, 3, 1).reshape(-1, groups)
-    active = padded.reshape(tiles_m, bm, tiles_n, gpb).any(dim=3).any(dim=1)
-    mask = kernels.base_mask(c_out, c_in, gate["base_fraction"], gate["base_layout"])
     lo = mask.int().argmax(dim=1)
     hi = lo + mask.sum(dim=1)
-    base_steps, cond_steps = [0] * tiles_n, [0] * tiles_n
-    for q in range(tiles_n):
+    base_steps, cond_steps = [0] * blocks, [0] * blocks
+    for q in range(blocks):
         for sub in range(subs):
             offsets = [(q * gpb + col // slot, col % slot + sub * bn) for col in range(bn)]
-            chans = [group * g + offset for group, offset in offsets if offset < g and group * g + offset < c_out]
+            chans = [group * gate_group + offset for group, offset in offsets
+                     if offset < gate_group and group * gate_group + offset < c_out]  # fmt: skip
             if not chans:
                 continue
             los, his = lo[chans], hi[chans]
@@ -120,6 +106,41 @@ def expected_stats(
                 cond_steps[q] += math.ceil(common_lo / bk) + math.ceil((c_in - common_hi) / bk)
             else:
                 cond_steps[q] += math.ceil(c_in / bk)
+    return base_steps, cond_steps
+
+
+def program_pairs(flat: torch.Tensor, bm: int, gpb: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """int ``[tiles_m, tiles_n]``: the (pixel, group) pairs on, and all pairs, of each (pixel tile, group block)."""
+    pixels, groups = flat.shape
+    on = torch.zeros(math.ceil(pixels / bm), math.ceil(groups / gpb), dtype=torch.long)
+    pairs = torch.zeros_like(on)
+    for p in range(on.shape[0]):
+        for q in range(on.shape[1]):
+            tile = flat[p * bm : (p + 1) * bm, q * gpb : (q + 1) * gpb]
+            on[p, q], pairs[p, q] = int(tile.sum()), tile.numel()
+    return on, pairs
+
+
+def expected_stats(
+    decisions: torch.Tensor, stats: GatedConvStats, weight_shape: torch.Size, gate: dict, decisions_given: bool
+) -> dict[str, int]:
+    """Counters implied by ``decisions`` under the documented tiling.
+
+    Program ``(p, q)``: pixels ``[p*block_m, (p+1)*block_m)`` of the flattened
+    ``(n, oh, ow)`` order and gate groups ``[q*groups_per_block, ...)``, each group
+    in ``block_n // groups_per_block`` columns per sub-block (:func:`program_steps`);
+    each K step costs ``block_m*block_n*kh*kw*block_k`` MACs; the conditional
+    loops run when a decision of the program is on. The base loop runs twice
+    with several sub-blocks unless decisions are given.
+    """
+    c_out, c_in, kh, kw = weight_shape
+    n, groups, oh, ow = decisions.shape
+    bm, bn, bk, gpb, subs = stats.block_m, stats.block_n, stats.block_k, stats.groups_per_block, stats.sub_blocks
+    flat = decisions.permute(0, 2, 3, 1).reshape(-1, groups)
+    active = program_pairs(flat, bm, gpb)[0] > 0
+    tiles_m, tiles_n = active.shape
+    mask = kernels.base_mask(c_out, c_in, gate["base_fraction"], gate["base_layout"])
+    base_steps, cond_steps = program_steps(mask, gate["gate_group"], bn, bk, gpb, subs, tiles_n)
     passes = 2 if subs > 1 and not decisions_given else 1
     step = bm * bn * kh * kw * bk
     return {
@@ -148,56 +169,60 @@ def column_conditional_steps(mask: torch.Tensor, channels: list[int], block_k: i
 
 
 def expected_compact_stats(
-    decisions: torch.Tensor, stats: GatedConvStats, weight_shape: torch.Size, gate: dict, decisions_given: bool
+    decisions: torch.Tensor, stats: GatedConvStats, weight_shape: torch.Size, gate: dict, decisions_given: bool,
+    tiling: kernels.CompactTiling | None = None,
 ) -> dict[str, int]:
     """Counters of the compacted schedule implied by ``decisions``, counted from ``nonzero`` per gate group.
 
     First launch: ``cdiv(M, bm1) * cdiv(G, groups per block)`` programs, each
     running its base loop over the hull of its channels' base intervals (twice
-    with several sub-blocks unless decisions are given). Conditional launch:
-    per (group, sub-block of ``block_n`` channels) with ``a`` active pixels,
-    ``a // block_m`` full tiles of ``block_m`` rows and ``cdiv(a % block_m, 16)``
-    tail tiles of 16 rows, each ``cond_steps * rows*block_n*block_k`` MACs
-    (``cond_steps`` counting the taps).
+    with several sub-blocks unless decisions are given); a program with at
+    least ``in_place_percent`` % of its (pixel, group) pairs on (and one)
+    also runs its conditional loops, and leaves none of its pairs to the
+    conditional launch. Conditional launch: per (group, sub-block of
+    ``block_n`` channels) with ``a`` active pixels left, the tiles of
+    :func:`tail_rows`, each ``cond_steps * rows*block_n*block_k`` MACs
+    (``cond_steps`` counting the taps). ``tiling``: the launch's override (None: the layer's own tiles).
     """
     c_out, c_in, kh, kw = weight_shape
     g = gate["gate_group"]
     n, groups, oh, ow = decisions.shape
     pixels = n * oh * ow
-    compact = kernels.compact_tiling(pixels, c_in, c_out, (kh, kw), g, gate["base_fraction"], gate["base_layout"])
+    compact = tiling or kernels.compact_tiling(
+        pixels, c_in, c_out, (kh, kw), g, gate["base_fraction"], gate["base_layout"]
+    )
     first = compact.base
     mask = kernels.base_mask(c_out, c_in, gate["base_fraction"], gate["base_layout"])
     blocks = math.ceil(groups / first.groups_per_block)
-    base_steps = 0
-    for q in range(blocks):
-        for sub in range(first.sub_blocks):
-            chans = [
-                (q * first.groups_per_block + col // first.group_slot) * g + col % first.group_slot + sub * first.block_n
-                for col in range(first.block_n)
-                if col % first.group_slot + sub * first.block_n < g
-            ]
-            chans = [c for c in chans if c < c_out]
-            if chans:
-                lo = mask.int().argmax(dim=1)[chans]
-                base_steps += math.ceil(((lo + mask.sum(dim=1)[chans]).max() - lo.min()).item() / first.block_k)
+    base_steps, first_cond_steps = program_steps(mask, g, first.block_n, first.block_k, first.groups_per_block,
+                                                 first.sub_blocks, blocks)  # fmt: skip
     passes = 2 if first.sub_blocks > 1 and not decisions_given else 1
+    flat = decisions.permute(0, 2, 3, 1).reshape(pixels, groups).clone()
+    percent = compact.in_place_percent if decisions_given or gate.get("gate_block", 1) == 1 else 0
+    on, pairs = program_pairs(flat, first.block_m, first.groups_per_block)
+    here = (on > 0) & (100 * on >= percent * pairs) & (percent > 0)
+    first_step = first.block_m * first.block_n * kh * kw * first.block_k
+    tiles = int(here.sum())
+    conditional = sum(int(here[:, q].sum()) * first_cond_steps[q] for q in range(blocks)) * first_step
+    bm1, gpb = first.block_m, first.groups_per_block
+    for p, q in here.nonzero().tolist():
+        flat[p * bm1 : (p + 1) * bm1, q * gpb : (q + 1) * gpb] = False
     bm, bn, bk = stats.block_m, stats.block_n, stats.block_k
-    flat = decisions.permute(0, 2, 3, 1).reshape(pixels, groups)
-    tiles, conditional = 0, 0
     for j in range(groups):
         active = flat[:, j].nonzero().numel()
         for sub in range(stats.sub_blocks):
-            chans = [j * g + sub * bn + col for col in range(bn) if sub * bn + col < g and j * g + sub * bn + col < c_out]
+            chans = [j * g + sub * bn + col for col in range(bn)
+                     if sub * bn + col < g and j * g + sub * bn + col < c_out]  # fmt: skip
             if chans:
-                full, tail = active // bm, math.ceil(active % bm / 16)
-                tiles += full + tail
+                column_tiles, rows_run = tail_rows(active, bm)
+                tiles += column_tiles
                 steps = column_conditional_steps(mask, chans, bk, kh * kw, compact.flat_k)
-                conditional += (full * bm + tail * 16) * steps * bn * bk
+                conditional += rows_run * steps * bn * bk
     rows = math.ceil(pixels / first.block_m)
     return {
         "tiles_total": rows * blocks,
         "tiles_conditional_executed": tiles,
-        "base_macs": rows * base_steps * passes * first.block_m * first.block_n * kh * kw * first.block_k,
+        "base_macs": rows * sum(base_steps) * passes * first_step,
         "conditional_macs": conditional,
     }
 
@@ -205,16 +230,18 @@ def expected_compact_stats(
 def run_gated(
     x: torch.Tensor, weight: torch.Tensor, gate_scale: torch.Tensor, gate_shift: torch.Tensor,
     gate: dict, conv: dict, decisions: torch.Tensor | None = None, schedule: str = "auto",
+    tiling: kernels.GatedTiling | kernels.CompactTiling | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, GatedConvStats]:  # fmt: skip
     """Run the kernel on DEVICE with poisoned buffers, check it all against the reference; return its results.
 
-    ``out`` and ``decisions`` come back on CPU, ``stats`` stays on DEVICE.
+    ``out`` and ``decisions`` come back on CPU, ``stats`` stays on DEVICE; ``tiling`` is handed to the kernel
+    and to the counter prediction.
     """
     args = (x, weight, gate_scale, gate_shift)
     kernel_args = {k: to_device(v) for k, v in conv.items()} | {"decisions": to_device(decisions)}
     with poisoned_empty():
         out, got, counters = kernels.gated_conv2d_triton(
-            *map(to_device, args), **gate, **kernel_args, count_work=True, schedule=schedule
+            *map(to_device, args), **gate, **kernel_args, count_work=True, schedule=schedule, tiling=tiling
         )
     stats = GatedConvStats(counters)
     if decisions is not None:  # the launch function returns a fresh copy of given decisions
@@ -233,12 +260,15 @@ def run_gated(
     assert_matches(out, truth, at_dtype, math.prod(weight.shape[1:]))
     block = gate.get("gate_block", 1) if decisions is None else 1
     resolved = kernels.resolve_schedule(schedule, gate["gate_group"], weight.shape[0], block)
-    count = expected_compact_stats if resolved == "compact" else expected_stats
-    counters, expected = stats.to_dict(), count(got, stats, weight.shape, gate, decisions is not None)
+    if resolved == "compact":
+        expected = expected_compact_stats(got, stats, weight.shape, gate, decisions is not None, tiling)
+    else:
+        expected = expected_stats(got, stats, weight.shape, gate, decisions is not None)
+    counters = stats.to_dict()
     assert {name: counters[name] for name in expected} == expected
     predicted = gated_kernel_counters(
         got, weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), **gate, decisions_given=decisions is not None,
-        schedule=schedule,
+        schedule=schedule, tiling=tiling,
     )
     assert predicted.tolist() == stats.counters.tolist(), "gated_kernel_counters disagrees with the kernel"
     return out, got, stats
@@ -347,11 +377,9 @@ def test_all_on_equals_dense_conv_and_runs_every_tile(gate_group: int, layout: s
     args, conv = make_case(2, 32, 72, 1, (5, 7), torch.float16, seed=4, shift=1e4)
     out, decisions, stats = run_gated(*args, _gate(gate_group, layout), conv)
     assert decisions.all()
-    if kernels.resolve_schedule("auto", gate_group, 72) == "tiled":
-        assert int(stats.tiles_conditional_executed) == int(stats.tiles_total) > 0
-    else:  # every compacted column full: cdiv(M, block_m) tiles per (group, sub-block)
-        columns = math.ceil(72 / gate_group) * stats.sub_blocks
-        assert int(stats.tiles_conditional_executed) == columns * math.ceil(2 * 5 * 7 / stats.block_m)
+    # tiled: every tile has a decision on; compacted: every first-launch tile is all on, so it runs in place
+    # (kernels.gated_tiling.IN_PLACE_PERCENT) and the conditional launch has nothing left
+    assert int(stats.tiles_conditional_executed) == int(stats.tiles_total) > 0
     x, weight = args[:2]
     truth = kernels.conv2d_reference(x.double(), weight.double())
     assert_matches(out, truth, kernels.conv2d_reference(x, weight), 32)
@@ -403,7 +431,7 @@ def test_spatially_coherent_mask_skips_tiles_away_from_the_blob(layout: str) -> 
 
 @pytest.mark.parametrize("pattern", ["checkerboard", "scattered", "one-group", "one-pixel"])
 def test_compacted_conditional_work_follows_the_active_pixels_not_their_layout(pattern: str) -> None:
-    """Scattered decisions cost the compacted schedule their count rounded up to one tile per group, no more."""
+    """Scattered decisions cost the compacted schedule their count rounded up to 16 rows per group, no more."""
     args, conv = make_case(3, 32, 48, 3, (9, 11), torch.bfloat16, seed=8, epilogue=True)
     gen = torch.Generator().manual_seed(8)
     decisions = torch.zeros(3, 3, 9, 11, dtype=torch.bool)
@@ -419,13 +447,13 @@ def test_compacted_conditional_work_follows_the_active_pixels_not_their_layout(p
     _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact")
     per_group = decisions.permute(1, 0, 2, 3).reshape(3, -1).sum(dim=1)
     exact_rows = int(per_group.sum())
-    tiled_rows = int((-(-per_group // stats.block_m)).sum()) * stats.block_m
+    tiled_rows = int((-(-per_group // 16)).sum()) * 16  # full, remainder and 16-row tail tiles
     flat_k = kernels.compact_tiling(3 * 9 * 11, 32, 48, (3, 3), 16, 0.25, "first").flat_k
     assert flat_k  # 24 conditional input channels of 32: 9 * 24 = 216 K pairs pad to 224, per tap to 9 * 32
     steps = column_conditional_steps(kernels.base_mask(48, 32, 0.25, "first"), list(range(16)), stats.block_k, 9, True)
     assert steps * stats.block_k == 224
     assert int(stats.conditional_macs) == tiled_rows * 16 * 224
-    assert tiled_rows - exact_rows < 3 * stats.block_m
+    assert tiled_rows - exact_rows < 3 * 16
 
 
 # Active pixels per gate group: none, all, then remainders 0, 1, 15, 16, 17, 31 (block_m - 1) past whole
@@ -444,25 +472,38 @@ def scattered_decisions(counts: tuple[int, ...], batch: int, height: int, width:
 
 
 def tail_rows(count: int, block_m: int) -> tuple[int, int]:
-    """``(tiles, rows run)`` of a compacted column of ``count`` pixels: full ``block_m`` tiles, then 16-row ones."""
-    full, tail = count // block_m, -(-(count % block_m) // 16)
-    return full + tail, full * block_m + tail * 16
+    """``(tiles, rows run)`` of a compacted column of ``count`` pixels: full ``block_m`` tiles, then the rest cut
+    greedily into tiles of ``block_m/2, ..., 32`` rows (at most one each), then into 16-row ones (the last padded)."""
+    tiles, rows, left = count // block_m, count // block_m * block_m, count % block_m
+    height = block_m // 2
+    while height >= 32:
+        if left >= height:
+            tiles, rows, left = tiles + 1, rows + height, left - height
+        height //= 2
+    tail = -(-left // 16)
+    return tiles + tail, rows + tail * 16
 
 
+@pytest.mark.parametrize("block_m", [32, 128])
 @pytest.mark.parametrize("kernel", [1, 3])
-def test_tail_tiles_run_each_remainder_in_16_row_tiles(kernel: int) -> None:
-    """block_m 32 (2304 pixels): full tiles, then every remainder in 16-row tail tiles, outputs poisoned."""
+def test_remainder_tiles_run_each_remainder_once(kernel: int, block_m: int) -> None:
+    """2304 pixels (own block_m 128; 32 by override): full tiles, then every remainder in 64/32/16-row tiles.
+
+    Outputs poisoned; nothing in place, so every active pixel runs in the conditional launches.
+    """
     args, conv = make_case(1, 16, 16 * len(TAIL_COUNTS), kernel, (48, 48), torch.bfloat16, seed=11, epilogue=True)
     decisions = scattered_decisions(TAIL_COUNTS, 1, 48, 48, seed=11)
-    _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact")
-    assert stats.block_m == 32 and kernels.compact_tiling(2304, 16, 160, (kernel, kernel), 16, 0.25, "first").tail
-    tiles = [tail_rows(count, 32) for count in TAIL_COUNTS]
-    assert [t for t, _ in tiles] == [0, 72, 2, 2, 2, 2, 3, 3, 2, 1]
-    assert [r for _, r in tiles] == [0, 2304, 64, 48, 48, 48, 64, 64, 32, 16]
+    own = kernels.compact_tiling(2304, 16, 160, (kernel, kernel), 16, 0.25, "first")
+    assert own.block_m == 128 and own.remainder_heights == (64, 32, 16)
+    tiling = dataclasses.replace(own, block_m=block_m, in_place_percent=0)
+    _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact", tiling=tiling)
+    tiles = [tail_rows(count, block_m) for count in TAIL_COUNTS]
+    expected = {32: [0, 72, 2, 2, 2, 2, 3, 3, 2, 1], 128: [0, 18, 1, 2, 2, 2, 3, 3, 2, 1]}[block_m]
+    assert [t for t, _ in tiles] == expected
+    assert [r for _, r in tiles] == [0, 2304, 64, 48, 48, 48, 64, 64, 32, 16]  # counts rounded up to 16 rows
     assert int(stats.tiles_conditional_executed) == sum(t for t, _ in tiles)
     steps = column_conditional_steps(kernels.base_mask(160, 16, 0.25, "first"), list(range(16)), stats.block_k,
-                                     kernel * kernel, kernels.compact_tiling(2304, 16, 160, (kernel, kernel), 16,
-                                                                             0.25, "first").flat_k)  # fmt: skip
+                                     kernel * kernel, own.flat_k)  # fmt: skip
     assert int(stats.conditional_macs) == sum(r for _, r in tiles) * steps * 16 * stats.block_k
 
 
@@ -477,7 +518,8 @@ def test_tail_tiles_of_128_row_columns(pattern: str) -> None:
         decisions = torch.rand(1, 2, 64, 128, generator=torch.Generator().manual_seed(12)) < 0.004
     else:
         decisions = scattered_decisions((127, 129) if pattern == "block_m-1" else (129, 127), 1, 64, 128, seed=12)
-    _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact")
+    tiling = dataclasses.replace(kernels.compact_tiling(8192, 16, 32, (1, 1), 16, 0.25, "first"), in_place_percent=0)
+    _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact", tiling=tiling)
     counts = decisions.sum(dim=(0, 2, 3)).tolist()
     assert stats.block_m == 128
     assert int(stats.tiles_conditional_executed) == sum(tail_rows(c, 128)[0] for c in counts)
@@ -501,7 +543,165 @@ def test_tail_tiles_bound_the_padding_of_every_group() -> None:
     assert int(stats.tiles_conditional_executed) == sum(tail_rows(c, 128)[0] for c in counts)
     assert int(stats.conditional_macs) == sum(tail_rows(c, 128)[1] for c in counts) * steps * 16 * stats.block_k
     assert [tail_rows(c, 128)[1] for c in (11, 92)] == [16, 96]  # were 128 rows each before the tail launch
-    assert not kernels.compact_tiling(1000, 64, 64, (3, 3), 16, 0.25, "first").tail  # block_m 16: one launch
+    assert not kernels.compact_tiling(31, 64, 64, (3, 3), 16, 0.25, "first").tail  # block_m 16: one launch
+
+
+# First-launch tiles of the in-place case: 2 images of 12x12 (288 pixels) in 64-row tiles (the last one 32 rows)
+# x all 4 groups of 16 channels; share of each tile's pairs on.
+IN_PLACE_SHARES = (1.0, 0.7, 0.3, 0.0, 1.0)
+
+
+def in_place_decisions(shares: tuple[float, ...], seed: int) -> torch.Tensor:
+    """Bool ``[2, 4, 12, 12]``: in each 64-pixel tile of the flattened batch, ``share`` of its pairs on, at random."""
+    gen = torch.Generator().manual_seed(seed)
+    flat = torch.zeros(288, 4, dtype=torch.bool)
+    for tile, share in enumerate(shares):
+        block = flat[tile * 64 : (tile + 1) * 64]
+        chosen = torch.randperm(block.numel(), generator=gen)[: round(share * block.numel())]
+        block.view(-1)[chosen] = True
+    return flat.reshape(2, 12, 12, 4).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("percent, in_place", [(100, [0, 4]), (60, [0, 1, 4]), (1, [0, 1, 2, 4]), (0, [])])
+def test_tiles_mostly_on_run_their_conditional_work_in_place(kernel: int, percent: int, in_place: list[int]) -> None:
+    """A first-launch tile with at least ``percent`` % of its pairs on runs them in place; the rest are compacted.
+
+    Outputs poisoned, checked against the reference; counters against the independent count and the prediction.
+    """
+    args, conv = make_case(2, 24, 64, kernel, (12, 12), torch.bfloat16, seed=23, epilogue=True)
+    decisions = in_place_decisions(IN_PLACE_SHARES, seed=23)
+    own = kernels.compact_tiling(288, 24, 64, (kernel, kernel), 16, 0.25, "first")
+    assert (own.base.block_m, own.base.groups_per_block) == (64, 4)
+    tiling = dataclasses.replace(own, in_place_percent=percent)
+    _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact", tiling=tiling)
+    flat = decisions.permute(0, 2, 3, 1).reshape(288, 4)
+    here = kernels.gated_work.in_place_tiles(flat, own.base, percent)
+    assert here[:, 0].nonzero().flatten().tolist() == in_place
+    left = kernels.gated_work.pending_pairs(flat, own.base, here)
+    assert int(left.sum()) == sum(int(flat[t * 64 : (t + 1) * 64].sum()) for t in range(5) if t not in in_place)
+    assert int(stats.tiles_conditional_executed) >= len(in_place)
+
+
+def test_a_mostly_on_layer_runs_in_place_on_the_decisions_it_computes() -> None:
+    """Decisions made by the kernel (gate threshold shifted so most are on), 90 %: the tiles all on run in place."""
+    args, conv = make_case(2, 24, 64, 3, (12, 12), torch.float16, seed=24, shift=1.5, epilogue=True)
+    own = kernels.compact_tiling(288, 24, 64, (3, 3), 16, 0.25, "first")
+    _, got, stats = run_gated(*args, _gate(16), conv, schedule="compact",
+                              tiling=dataclasses.replace(own, in_place_percent=90))  # fmt: skip
+    here = kernels.gated_work.in_place_tiles(got.permute(0, 2, 3, 1).reshape(288, 4), own.base, 90)
+    assert 0 < int(here.sum()) and got.float().mean() > 0.9
+
+
+# 2 images of 9x11 (198 pixels), 24 -> 48 channels, 3x3: own compact tiles are 16 rows, one launch.
+OVERRIDE_LAYER = {"pixels": 198, "c_in": 24, "c_out": 48, "kernel": (3, 3)}
+
+
+def own_tiling(schedule: str, gate_group: int) -> kernels.GatedTiling | kernels.CompactTiling:
+    layer = OVERRIDE_LAYER
+    return kernels.schedule_tiling(schedule, layer["pixels"], layer["c_in"], layer["c_out"], layer["kernel"],
+                                   gate_group, 0.25, "first")  # fmt: skip
+
+
+def _override(name: str) -> tuple[str, int, kernels.GatedTiling | kernels.CompactTiling]:
+    """``(schedule, gate_group, tiling)`` of a valid override of the layer's own tiles."""
+    replace = dataclasses.replace
+    compact16 = own_tiling("compact", 16)
+    if name == "compact-64-row-tiles-with-tails":  # full 64-row tiles, 16-row tails; first launch one group wide
+        base = replace(compact16.base, block_m=32, block_n=16, groups_per_block=1, num_warps=2)
+        return "compact", 16, replace(compact16, base=base, block_m=64, block_k=16, num_warps=2, tail_num_warps=2)
+    if name == "compact-flat-k-flipped":
+        return "compact", 16, replace(compact16, flat_k=not compact16.flat_k, block_k=32, num_stages=2)
+    if name == "compact-32-wide-groups":
+        compact32 = own_tiling("compact", 32)
+        return "compact", 32, replace(compact32, block_m=32, block_k=64, base=replace(compact32.base, block_k=16))
+    tiled8 = own_tiling("tiled", 8)  # two 8-channel groups per 16 columns
+    return "tiled", 8, replace(tiled8, block_m=16, block_n=32, groups_per_block=4, block_k=16, num_warps=2)
+
+
+OVERRIDES = ["compact-64-row-tiles-with-tails", "compact-flat-k-flipped", "compact-32-wide-groups", "tiled-wide"]
+
+
+@pytest.mark.parametrize("name", OVERRIDES)
+def test_tiling_override_runs_exactly_and_counts_as_predicted(name: str) -> None:
+    """An accepted override changes tiles, never the result; the counters follow it and are predicted."""
+    schedule, gate_group, tiling = _override(name)
+    assert tiling != own_tiling(schedule, gate_group)
+    layer = OVERRIDE_LAYER
+    args, conv = make_case(2, layer["c_in"], layer["c_out"], 3, (9, 11), torch.bfloat16, seed=21, epilogue=True)
+    out, got, stats = run_gated(*args, _gate(gate_group), conv, schedule=schedule, tiling=tiling)
+    counted = tiling.columns if isinstance(tiling, kernels.CompactTiling) else tiling
+    assert (stats.block_m, stats.block_n, stats.block_k) == (counted.block_m, counted.block_n, counted.block_k)
+    own_out, own_decisions, _ = kernels.gated_conv2d_triton(
+        *map(to_device, args), **_gate(gate_group), **{k: to_device(v) for k, v in conv.items()}, schedule=schedule
+    )
+    assert torch.equal(got, own_decisions.cpu())  # the same base sums decide the same way
+    assert_matches(out, own_out.cpu().double(), own_out.cpu(), 9 * layer["c_in"])
+    predicted = kernels.gated_kernel_bytes(got, layer["c_in"], layer["c_out"], (3, 3), gate_group=gate_group,
+                                           schedule=schedule, element_size=2, residual=True, tiling=tiling)  # fmt: skip
+    own = kernels.gated_kernel_bytes(got, layer["c_in"], layer["c_out"], (3, 3), gate_group=gate_group,
+                                     schedule=schedule, element_size=2, residual=True)  # fmt: skip
+    assert predicted != own  # other tiles issue other loads
+
+
+def _bad_override(name: str) -> tuple[str, object, type[Exception], str]:
+    replace = dataclasses.replace
+    compact = own_tiling("compact", 16)
+    cases = {
+        "tuple": ("compact", tuple(dataclasses.astuple(compact)), TypeError,
+                  r"tiling must be a kernels.gated_tiling.CompactTiling for the 'compact' schedule"),
+        "tiled-for-compact": ("compact", own_tiling("tiled", 16), TypeError, "CompactTiling for the 'compact'"),
+        "compact-for-tiled": ("tiled", compact, TypeError, "GatedTiling for the 'tiled' schedule"),
+        "float-field": ("compact", replace(compact, block_m=16.0), TypeError, "tiling.block_m must be an int"),
+        "base-float-field": ("compact", replace(compact, base=replace(compact.base, block_k=32.0)), TypeError,
+                             "tiling.base.block_k must be an int"),
+        "flat_k-int": ("compact", replace(compact, flat_k=1), TypeError, "tiling.flat_k must be a bool"),
+        "conditional-columns": ("compact", replace(compact, block_n=32), ValueError,
+                                "tiling.block_n=32 does not fit this layer: gate_group=16 over C_out=48 needs "
+                                "block_n=16"),
+        "base-group-slot": ("compact", replace(compact, base=replace(compact.base, group_slot=32, groups_per_block=1)),
+                            ValueError, "tiling.base.group_slot=32 does not fit this layer"),
+        "base-partial-groups": ("compact", replace(compact, base=replace(compact.base, block_n=128)), ValueError,
+                                r"tiling.base: block_n=128 must hold whole gate groups: group_slot\*groups_per_block"),
+        "block_m-48": ("compact", replace(compact, block_m=48), ValueError,
+                       r"tiling: block_m=48 must be a power of two in \[16, 256\]"),
+        "block_m-512": ("compact", replace(compact, block_m=512), ValueError, r"tiling: block_m=512 must"),
+        "block_k-8": ("compact", replace(compact, block_k=8), ValueError, r"tiling: block_k=8 must .*\[16, 128\]"),
+        "base-block_k-256": ("compact", replace(compact, base=replace(compact.base, block_k=256)), ValueError,
+                             r"tiling.base: block_k=256 must"),
+        "num_warps-3": ("compact", replace(compact, num_warps=3), ValueError, r"tiling: num_warps=3 must be one of"),
+        "tail_num_warps-16": ("compact", replace(compact, tail_num_warps=16), ValueError,
+                              "tiling.tail_num_warps: num_warps=16 must be one of"),
+        "num_stages-0": ("compact", replace(compact, num_stages=0), ValueError, "tiling: num_stages=0 must be >= 1"),
+        "tiled-block_n-8": ("tiled", replace(own_tiling("tiled", 8), block_n=8, groups_per_block=1), ValueError,
+                            r"tiling: block_n=8 must be a power of two in \[16, 128\]"),
+        "tiled-sub-blocks": ("tiled", replace(own_tiling("tiled", 16), sub_blocks=2), ValueError,
+                             "tiling.sub_blocks=2 does not fit this layer"),
+    }
+    return cases[name]
+
+
+BAD_OVERRIDES = ["tuple", "tiled-for-compact", "compact-for-tiled", "float-field", "base-float-field", "flat_k-int",
+                 "conditional-columns", "base-group-slot", "base-partial-groups", "block_m-48", "block_m-512",
+                 "block_k-8", "base-block_k-256", "num_warps-3", "tail_num_warps-16", "num_stages-0",
+                 "tiled-block_n-8", "tiled-sub-blocks"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BAD_OVERRIDES)
+def test_bad_tiling_override_is_rejected_by_kernel_and_predictions_naming_the_field(name: str) -> None:
+    schedule, tiling, error, message = _bad_override(name)
+    gate_group = 8 if name == "tiled-block_n-8" else 16
+    layer = OVERRIDE_LAYER
+    args, conv = make_case(2, layer["c_in"], layer["c_out"], 3, (9, 11), torch.float32, seed=22)
+    with pytest.raises(error, match=message):
+        kernels.gated_conv2d_triton(*args, **_gate(gate_group), **conv, schedule=schedule, tiling=tiling)
+    decisions = torch.zeros(2, -(-layer["c_out"] // gate_group), 9, 11, dtype=torch.bool)
+    with pytest.raises(error, match=message):
+        gated_kernel_counters(decisions, layer["c_in"], layer["c_out"], (3, 3), gate_group=gate_group,
+                              schedule=schedule, tiling=tiling)  # fmt: skip
+    with pytest.raises(error, match=message):
+        kernels.gated_kernel_bytes(decisions, layer["c_in"], layer["c_out"], (3, 3), gate_group=gate_group,
+                                   schedule=schedule, element_size=4, tiling=tiling)  # fmt: skip
 
 
 def test_active_rows_match_nonzero_per_group() -> None:
@@ -706,26 +906,40 @@ def test_gated_kernel_bytes_hand_count_compact() -> None:
     """First launch: 32 programs of 64 pixels x 32 columns (both groups), one K step of 16 (base channels 0-3).
 
     Conditional launches: block_m 32 (2048 // 64), block_n 16, one K step of 16 (channels 4-15); group 0's 3
-    pixels run one 16-row tail tile, group 1's 40 one full 32-row tile and one 16-row tail tile.
+    pixels run one 16-row tail tile, group 1's 40 one full 32-row tile and one 16-row tail tile. Nothing runs
+    in place (``in_place_percent`` 0), then the first tile (42 of its 128 pairs on) does, at 30 %.
     """
     decisions = _bytes_case()
-    got = kernels.kernel_bytes.gated_kernel_bytes(decisions, 16, 32, (1, 1), gate_group=16, element_size=2)
+    own = dataclasses.replace(kernels.compact_tiling(2048, 16, 32, (1, 1), 16, 0.25, "first"), in_place_percent=0)
+    got = kernels.kernel_bytes.gated_kernel_bytes(decisions, 16, 32, (1, 1), gate_group=16, element_size=2,
+                                                  tiling=own)  # fmt: skip
     step = (64 * 16 + 16 * 32) * 2  # one A tile and one B tile
-    first = 32 * step + 32 * 64 * 2 * 1 + 32 * 64 * 32 * 2 + 4 * (3 + 40) * 16  # + decisions, outputs, base sums
+    active = (3 + 40) * 16  # (pixel, channel) pairs whose gate is on
+    # + decisions, the gated-off pairs' outputs (the conditional launch stores the others), base sums
+    first = 32 * step + 32 * 64 * 2 * 1 + (32 * 64 * 32 - active) * 2 + 4 * active
     between = 52 * 2048 * 2 + 4 * 2048  # active_rows' ops
     rows, tiles = 16 + 32 + 16, 3
     conditional = rows * (4 + 4 * 16 + 2 * 16) + rows * 16 * 2 + tiles * 16 * 16 * 2  # ids, sums, outputs; A; B
     assert got == (first, between, conditional) and got.total == first + between + conditional
+    in_place = kernels.kernel_bytes.gated_kernel_bytes(decisions, 16, 32, (1, 1), gate_group=16, element_size=2,
+                                                       tiling=dataclasses.replace(own, in_place_percent=30))
+    left = 16  # group 0's pixel 100 (tile 1) is the only pair left to the conditional launch
+    # + the tile's conditional K step, the uint8 pairs left; every output of tile 0 stored, base sums of one pair
+    assert in_place.first == 33 * step + 32 * 64 * 2 + 2048 * 2 + (32 * 64 * 32 - left) * 2 + 4 * left
+    assert in_place.between == between
+    assert in_place.conditional == 16 * (4 + 4 * 16 + 2 * 16) + 16 * 16 * 2 + 16 * 16 * 2  # one 16-row tail tile
     with_residual = kernels.kernel_bytes.gated_kernel_bytes(
-        decisions, 16, 32, (1, 1), gate_group=16, element_size=2, residual=True
+        decisions, 16, 32, (1, 1), gate_group=16, element_size=2, residual=True, tiling=own
     )
-    assert with_residual.first - got.first == 32 * 64 * 32 * 2 and with_residual.conditional - got.conditional == (
-        rows * 16 * 2
+    assert with_residual.first - got.first == (32 * 64 * 32 - active) * 2
+    assert with_residual.conditional - got.conditional == rows * 16 * 2
+    # 2x2 gate blocks: float32 statistics instead of decisions, every pair's base sum kept and output stored
+    # (decided after the first launch), the block means
+    blocks = kernels.kernel_bytes.gated_kernel_bytes(
+        decisions, 16, 32, (1, 1), gate_group=16, gate_block=2, element_size=2,
+        tiling=dataclasses.replace(own, in_place_percent=30),  # in place only when deciding per pixel
     )
-    # 2x2 gate blocks: float32 statistics instead of decisions, every pair's base sum kept, the block means
-    blocks = kernels.kernel_bytes.gated_kernel_bytes(decisions, 16, 32, (1, 1), gate_group=16, gate_block=2,
-                                                     element_size=2)  # fmt: skip
-    assert blocks.first - got.first == 32 * 64 * 2 * 3 + 4 * (2048 * 32 - (3 + 40) * 16)
+    assert blocks.first - got.first == 32 * 64 * 2 * 3 + 4 * (2048 * 32 - active) + active * 2
     pool, rows_out, cols_out, decide = 16 * (1024 + 256), 16 * (256 + 512), 16 * (512 + 1024), 4 * 1024 * 7
     assert blocks.between - got.between == pool + rows_out + cols_out + decide
     empty = kernels.kernel_bytes.gated_kernel_bytes(decisions[:0], 16, 32, (1, 1), gate_group=16, element_size=2)
