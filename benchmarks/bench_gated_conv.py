@@ -53,7 +53,7 @@ from benchmarks.shapes import ConvShape, find_shape, gated_module, model_shapes,
 from benchmarks.sweep import Sweep
 from benchmarks.timing import time_ms
 from gating.accounting import dense_count
-from kernels import base_mask, gate_group_count
+from kernels import base_mask, gate_group_count, gated_kernel_counters
 from kernels.reference import gated_conv2d_reference
 
 SWEEP = Sweep()
@@ -282,8 +282,11 @@ def test_time_triton_gated(benchmark, layer: str, density: float) -> None:
     _, decisions, stats = case.triton_gated(return_stats=True)
     assert torch.equal(decisions, case.inputs.decisions)
     kernel = stats.to_dict()
-    assert 0 < kernel["tiles_conditional_executed"] <= kernel["tiles_total"]
-    if density == 1.0:
+    predicted = gated_kernel_counters(decisions.cpu(), shape.in_channels, shape.out_channels,
+                                      (shape.kernel, shape.kernel), **SWEEP.spec.to_dict())  # fmt: skip
+    assert stats.counters.cpu().tolist() == predicted.tolist(), "the compiled kernel's counters differ from the rule"
+    assert kernel["tiles_conditional_executed"] > 0
+    if density == 1.0:  # every first-launch tile is all on: it runs its conditional work in place
         assert kernel["tiles_conditional_executed"] == kernel["tiles_total"]
     kernel_macs = kernel["base_macs"] + kernel["conditional_macs"]
     counts = count_fields(count_case(SWEEP, shape, TIMED_BATCH, decisions))

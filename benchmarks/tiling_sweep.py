@@ -5,12 +5,12 @@
 [--out PATH]``
 
 The compacted schedule's conditional launch runs each gate group's active
-pixels in tiles of ``block_m`` rows (:func:`kernels.compact_tiling`: the
-output pixels over 64, a power of two in [16, 128]) and the last ``< block_m``
-of them in 16-row tail tiles. Tall tiles give the tensor cores their widest
+pixels in tiles of ``block_m`` rows (:func:`kernels.compact_tiling`: 128, or
+the layer's pixels rounded down to a power of two) and the last ``< block_m``
+of them in 64-, 32- and 16-row remainder tiles (:func:`kernels.compact_tiles`),
+so the height changes no MAC. Tall tiles give the tensor cores their widest
 instructions (a Hopper warpgroup MMA needs 64 rows) and load a group's
-weight columns once per 64-128 rows; short ones pad less on groups with few
-active pixels. A first-launch tile with at least ``in_place_percent`` % of
+weight columns once per more rows. A first-launch tile with at least ``in_place_percent`` % of
 its pairs on runs its conditional work in place instead (``CompactTiling``).
 This sweep runs the layer's own tiles and the same tiles with each
 ``--block-m`` and each ``--in-place-percent`` (the ``tiling=`` override of
@@ -63,7 +63,7 @@ from .time_estimate import time_ratio_bounds
 __all__ = ["BLOCK_M", "blob_layers", "layer_variants", "main", "summarize_variants", "variant_records"]
 
 BLOCK_M = (16, 32, 64, 128)
-"""Conditional tile heights swept by default (16: one launch, no tail tiles)."""
+"""Conditional tile heights swept by default (16: one launch, no remainder tiles)."""
 
 OWN = "own"
 """Name of the layer's own tiles among the variants."""
@@ -136,7 +136,7 @@ def variant_records(
     ``counts``: how many layers of the network each of ``layers`` stands for
     (default 1 each). Each record: ``model``, ``mask_source``, ``shape``,
     ``layers`` (its count), ``batch``, ``variant``, ``block_m``, ``tail``
-    (whether tail tiles run), ``in_place_percent``, the exact ``conditional_macs``,
+    (whether remainder tiles run), ``in_place_percent``, the exact ``conditional_macs``,
     :func:`_counted`'s fields, ``kernel_overhead`` (kernel over exact
     conditional MACs; None when nothing is on), the dense kernel's
     ``dense_kernel_macs`` / ``dense_kernel_bytes``, and with ``sweep`` the

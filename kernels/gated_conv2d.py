@@ -6,13 +6,14 @@ launch code; the compacted schedule's second kernel is in
 :mod:`kernels.gated_blocks`. Two schedules (:data:`kernels.gated_tiling.SCHEDULES`). Compacted (the
 default for gate groups of 16 channels or more): a first launch computes,
 per (pixel tile, block of whole gate groups), the base partial sum, the
-decisions and the epilogue of the base sum where the gate is off; the active pixels of each gate
-group are listed across the batch on device (:mod:`kernels.compaction`); a
-second launch runs each group's conditional channels as an implicit GEMM
-over tiles of its listed pixels (rows of different images share a tile) and
-stores their outputs; when its tiles are taller than 16 rows it runs only
-full tiles, and a tail launch of the same kernel runs each group's remaining
-pixels in 16-row tiles. Tiled: one launch whose (pixel tile, channel block)
+decisions and the epilogue of the base sum where the gate is off (a tile
+mostly on runs its conditional loops too, in place); the active pixels left
+of each gate group are listed across the batch on device
+(:mod:`kernels.compaction`); a second launch runs each group's conditional
+channels as an implicit GEMM over tiles of its listed pixels (rows of
+different images share a tile) and stores their outputs; when its tiles are
+taller than 16 rows it runs only full tiles, and launches of the same kernel
+run each group's remainder in 64-, 32- and 16-row tiles. Tiled: one launch whose (pixel tile, channel block)
 programs compute the base sum and decisions and run the conditional sum only
 if some decision of the tile is on. Grids are sized by the upper bound and
 programs skip on the on-device decisions, so there is no host

@@ -583,6 +583,23 @@ def test_tiles_mostly_on_run_their_conditional_work_in_place(kernel: int, percen
     assert int(stats.tiles_conditional_executed) >= len(in_place)
 
 
+@pytest.mark.parametrize("layout", ["first", "grouped"])
+@pytest.mark.parametrize("share", [0.9, 0.5])
+def test_in_place_tiles_of_groups_wider_than_one_sub_block(share: float, layout: str) -> None:
+    """Groups of 160 channels (two column sub-blocks): a tile 90 % on runs both sub-blocks in place, 50 % does not."""
+    args, conv = make_case(2, 16, 160, 3, (5, 6), torch.bfloat16, seed=25, epilogue=True)
+    gen = torch.Generator().manual_seed(25)
+    decisions = torch.zeros(60, dtype=torch.bool)
+    decisions[torch.randperm(60, generator=gen)[: round(share * 60)]] = True
+    decisions = decisions.reshape(2, 1, 5, 6)
+    _, _, stats = run_gated(*args, _gate(160, layout), conv, decisions=decisions, schedule="compact")
+    own = kernels.compact_tiling(60, 16, 160, (3, 3), 160, 0.25, layout)
+    assert own.base.sub_blocks == 2 and own.base.block_m == 64  # one first-launch tile holds the whole batch
+    in_place = share >= own.in_place_percent / 100
+    # else: 30 pixels under 32-row main tiles run as two 16-row tiles in each of the 2 sub-blocks
+    assert int(stats.tiles_conditional_executed) == (1 if in_place else 2 * 2)
+
+
 def test_a_mostly_on_layer_runs_in_place_on_the_decisions_it_computes() -> None:
     """Decisions made by the kernel (gate threshold shifted so most are on), 90 %: the tiles all on run in place."""
     args, conv = make_case(2, 24, 64, 3, (12, 12), torch.float16, seed=24, shift=1.5, epilogue=True)
