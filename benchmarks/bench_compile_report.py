@@ -46,12 +46,15 @@ def test_a_resnet50_layer_compiles_without_spills_or_scalar_loads_in_loops(tmp_p
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     kernels = json.loads(out.read_text())["kernels"]
-    assert [k["kernel"] for k in kernels] == ["_conv2d_kernel", "_gated_conv2d_kernel"] + 4 * [
-        "_gated_conditional_kernel"]  # fmt: skip
+    assert [k["kernel"] for k in kernels] == ["_conv2d_kernel", "_gated_conv2d_kernel", "_count_kernel",
+                                              "_scatter_kernel"] + 4 * ["_gated_conditional_kernel"]  # fmt: skip
     for report in kernels:
-        assert report["spill_bytes"] == 0 and report["loads_16bit_in_loops"] == 0 and report["loads_16B"] > 0
-        assert report["loops"] and report["launches"] == ["r50.layer1.0.conv2 b8"]
-    dense, first, conditional, *remainder = kernels
+        assert report["spill_bytes"] == 0 and report["loads_16bit_in_loops"] == 0
+        assert report["launches"] == ["r50.layer1.0.conv2 b8"]
+    dense, first, count, scatter, conditional, *remainder = kernels
+    for report in (dense, first, conditional, *remainder):  # the conv kernels: K loops of 16-byte loads
+        assert report["loops"] and report["loads_16B"] > 0
+    assert not count["loops"] and not scatter["loops"]  # the compaction: one tile of decisions per program
     assert dense["wgmma_n"] and first["wgmma_n"] == [64]  # the first launch holds all 4 groups of 16 channels
     assert conditional["wgmma_n"] == [16] and conditional["constexprs"]["BLOCK_M"] == 128
     # each group's last < 128 rows: one 64-row tile (a warpgroup MMA), one of 32, then 16-row ones (mma.sync)

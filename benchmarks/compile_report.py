@@ -85,12 +85,14 @@ def captured_launches() -> Iterator[list[dict[str, Any]]]:
     gated_module = sys.modules["kernels.gated_conv2d"]
     conditional_module = sys.modules["kernels.gated_conditional"]
     sparse_module = sys.modules["kernels.channel_sparse_conv2d"]
+    compaction_module = sys.modules["kernels.compaction_kernels"]
     target = GPUTarget("cuda", TARGET_ARCH, 32)
     backend = make_backend(target)
     launches: list[dict[str, Any]] = []
     jitted = [
         conv_module._conv2d_kernel, conv_module._split_k_epilogue_kernel, gated_module._gated_conv2d_kernel,
         conditional_module._gated_conditional_kernel, sparse_module._channel_sparse_conv2d_kernel,
+        compaction_module._count_kernel, compaction_module._scatter_kernel,
     ]
 
     def capture(fn: Any) -> Any:

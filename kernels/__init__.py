@@ -79,7 +79,7 @@ from .partition import (
     group_index,
     group_sum,
 )
-from .compaction import ActiveRows, active_rows, active_rows_bytes
+from .compaction import ActiveRows, active_rows, active_rows_bytes, active_rows_kernel_bytes
 from .gated_tiling import (
     IN_PLACE_PERCENT,
     MAX_COMPACT_ROWS,
@@ -152,6 +152,7 @@ __all__ = [
     "ActiveRows",
     "active_rows",
     "active_rows_bytes",
+    "active_rows_kernel_bytes",
     "conv2d_reference",
     "gated_conv2d_reference",
     "base_channels",

@@ -5,7 +5,10 @@ channels of gate group ``j`` as a GEMM over the rows of its active output
 pixels only, gathered from every image of the batch into shared tiles. This
 module builds those lists from the decisions with a prefix sum and a scatter:
 no host synchronisation, fixed-size outputs (sized by the upper bound, every
-pixel active), so the launch that reads them is CUDA-graph capturable.
+pixel active), so the launch that reads them is CUDA-graph capturable. It is
+the spec; the gated launcher runs the same lists built by two Triton kernels
+(:mod:`kernels.compaction_kernels`), which move about 2 bytes per (pixel,
+group) pair instead of 52.
 """
 
 from __future__ import annotations
@@ -14,7 +17,16 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["ActiveRows", "active_rows", "active_rows_bytes"]
+__all__ = [
+    "GROUPS_PER_PROGRAM", "PIXELS_PER_PROGRAM", "ActiveRows", "active_rows", "active_rows_bytes",
+    "active_rows_kernel_bytes", "check_decisions_flat",
+]  # fmt: skip
+
+PIXELS_PER_PROGRAM = 256
+"""Pixels of one program's tile in the compaction kernels (:mod:`kernels.compaction_kernels`)."""
+
+GROUPS_PER_PROGRAM = 16
+"""Gate groups of one program's tile in the compaction kernels (fewer when the layer has fewer, a power of two)."""
 
 
 class ActiveRows(NamedTuple):
@@ -42,8 +54,7 @@ def active_rows(decisions_flat: torch.Tensor) -> ActiveRows:
         :class:`ActiveRows` on the same device. An inclusive prefix sum over
         pixels gives each active pixel its slot; one scatter writes it.
     """
-    if decisions_flat.dim() != 2:
-        raise ValueError(f"decisions_flat must be [M, G], got shape {tuple(decisions_flat.shape)}")
+    check_decisions_flat(decisions_flat)
     pixels, groups = decisions_flat.shape
     on = decisions_flat != 0
     slot = torch.cumsum(on, dim=0, dtype=torch.int32)  # [M, G], 1-based slot of each active pixel
@@ -53,6 +64,16 @@ def active_rows(decisions_flat: torch.Tensor) -> ActiveRows:
     rows = torch.empty(groups, pixels + 1, dtype=torch.int32, device=on.device)
     rows.scatter_(1, target, pixel)
     return ActiveRows(rows, counts.contiguous())
+
+
+def check_decisions_flat(decisions_flat: object) -> None:
+    """``TypeError`` / ``ValueError`` naming ``decisions_flat`` unless it is a bool or uint8 ``[M, G]`` tensor."""
+    if not isinstance(decisions_flat, torch.Tensor):
+        raise TypeError(f"decisions_flat must be a torch.Tensor, got {type(decisions_flat).__name__}")
+    if decisions_flat.dim() != 2:
+        raise ValueError(f"decisions_flat must be [M, G], got shape {tuple(decisions_flat.shape)}")
+    if decisions_flat.dtype not in (torch.bool, torch.uint8):
+        raise TypeError(f"decisions_flat must be bool or uint8, got {decisions_flat.dtype}")
 
 
 def active_rows_bytes(pixels: int, groups: int) -> int:
@@ -70,3 +91,19 @@ def active_rows_bytes(pixels: int, groups: int) -> int:
     reads = cells + cells + 4 * cells + 5 * cells + 4 * cells + 12 * cells
     writes = cells + 4 * cells + 4 * cells + 4 * cells + 8 * cells + 4 * pixels + 4 * cells
     return reads + writes
+
+
+def active_rows_kernel_bytes(pixels: int, groups: int, active: int) -> int:
+    """Bytes :func:`kernels.compaction_kernels.active_rows_triton` moves on ``[pixels, groups]``, ``active`` on.
+
+    The uint8 decisions read by both launches (``2 P``, ``P = pixels *
+    groups``); with ``T = tiles * groups`` int32 cells: the tile counts
+    written (``4 T``), the prefix sum (read ``4 T``, written ``4 T``), the
+    first slots (read ``8 T``, written ``4 T``) read by the scatter (``4 T``),
+    so ``28 T``; the counts copied out of the last row (``8 groups``); one
+    int32 row index written per active pair (``4 active``). Caches not
+    modelled, as in :func:`kernels.kernel_bytes.gated_kernel_bytes`. Keep it
+    in step with :func:`kernels.compaction_kernels.active_rows_triton`.
+    """
+    tile_cells = -(-pixels // PIXELS_PER_PROGRAM) * groups
+    return 2 * pixels * groups + 28 * tile_cells + 8 * groups + 4 * active

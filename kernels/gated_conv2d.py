@@ -52,7 +52,7 @@ from ._common import (
     weight_4d,
 )
 from ._validation import ConvGeometry, validate_gated
-from .compaction import active_rows
+from .compaction_kernels import active_rows_triton
 from .conv_tiles import (
     PATH_BASE,
     PATH_CONDITIONAL,
@@ -297,7 +297,8 @@ def gated_conv2d(
             ``"tiled"`` (:data:`kernels.gated_tiling.SCHEDULES`). Compact: a first launch
             computes the base sums and decisions of every pixel and stores
             the epilogue of the base sum where the gate is off; the active pixels of each gate group
-            are listed across the batch on device (:func:`kernels.compaction.active_rows`);
+            are listed across the batch on device (:func:`kernels.compaction.active_rows`, by
+            :func:`kernels.compaction_kernels.active_rows_triton`);
             a second launch runs each group's conditional channels over tiles
             of its listed pixels only and stores their outputs. Tiled: one
             launch whose (pixel tile, channel block) programs run their
@@ -442,7 +443,7 @@ class _GatedLaunch:
         the counts on the host.
         """
         geom, tiling = self.geom, self.tiling
-        rows, counts = active_rows(flat)
+        rows, counts = active_rows_triton(flat)
         if not tiling.tail:
             self._launch_conditional(base_sums, rows, counts, num_gate_groups, tiling.block_m,
                                      triton.cdiv(geom.pixels, tiling.block_m), TILES_ALL, tiling.num_warps)  # fmt: skip

@@ -186,8 +186,8 @@ must be on for the tile to run its conditional work in place (0: never).
 under the 1.3x bound of ``docs/design.md#kernels``), while a layer whose gates are all on reads its input
 once per tile of up to 128 channels instead of once per gate group. Counted on ResNet-18/50 blob masks at
 ``gate_group`` 32, batch 8 and 64 (``benchmarks/results/tiling_sweep_counts_cpu.json``; roofline estimate over
-the dense kernel's, worst machine balance), 0 -> 80: density 1.0 1.65-2.39 -> 1.03-1.11, 0.5 0.98-1.42 ->
-0.96-1.34, unchanged within 0.003 at 0.25 and below and on recorded decisions."""
+the dense kernel's, worst machine balance), 0 -> 80: density 1.0 1.62-2.30 -> 1.00-1.01, 0.5 0.95-1.32 ->
+0.93-1.25, unchanged within 0.002 at 0.25 and below and on recorded decisions."""
 
 
 TAIL_BLOCK_M = 16

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 
 from . import partition
-from .compaction import active_rows_bytes
+from .compaction import active_rows_kernel_bytes
 from .conv_tuning import conv_tiling
 from .gated_tiling import CompactTiling, GatedTiling, block_k_steps, block_ranges, column_steps
 from .gated_work import CountedCall, compact_tiles, in_place_tiles, pending_pairs, tiled_active
@@ -59,7 +59,7 @@ class KernelBytes(NamedTuple):
       pairs stored (compacted);
     * ``between``: the PyTorch ops between the launches of the compacted
       schedule: the per-block decisions of ``gate_block > 1`` and the
-      compaction (:func:`kernels.compaction.active_rows_bytes`); 0 for the
+      compaction (:func:`kernels.compaction.active_rows_kernel_bytes`); 0 for the
       tiled schedule;
     * ``conditional``: the conditional launches (compacted: row indices,
       float32 base sums read, gathered ``A`` and ``B`` tiles per K step,
@@ -145,7 +145,8 @@ def gated_kernel_bytes(
     first_bytes += 4 * int(active_pairs)
     if block == 1:  # the conditional launch stores the active pairs' outputs; the first launch skips them
         first_bytes -= int(active_pairs) * out_bytes
-    between = active_rows_bytes(pixels, groups) + (_block_mean_bytes(n, groups, oh, ow, block) if block > 1 else 0)
+    between = active_rows_kernel_bytes(pixels, groups, int(counts.sum()))
+    between += _block_mean_bytes(n, groups, oh, ow, block) if block > 1 else 0
 
     columns = tiling.columns
     bn, bk = columns.block_n, columns.block_k

@@ -48,6 +48,7 @@ from _helpers import (
 from kernels import GatedConvStats, conv_output_size
 from kernels._common import base_intervals
 from kernels import gated_kernel_counters, gated_tiling
+from kernels.compaction_kernels import active_rows_triton
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -721,18 +722,37 @@ def test_bad_tiling_override_is_rejected_by_kernel_and_predictions_naming_the_fi
                                    schedule=schedule, element_size=4, tiling=tiling)  # fmt: skip
 
 
-def test_active_rows_match_nonzero_per_group() -> None:
+COMPACTIONS = {"spec": kernels.active_rows, "kernels": active_rows_triton}
+
+
+@pytest.mark.parametrize("compaction", COMPACTIONS)
+def test_active_rows_match_nonzero_per_group(compaction: str) -> None:
+    """The PyTorch spec and the two Triton launches the launcher runs (tiles of 256 pixels x 16 groups)."""
+    build = COMPACTIONS[compaction]
     gen = torch.Generator().manual_seed(9)
-    for pixels, groups, density in ((1, 1, 1.0), (37, 3, 0.3), (200, 5, 0.05), (64, 2, 0.0), (2304, 10, 0.01)):
+    cases = ((1, 1, 1.0), (37, 3, 0.3), (200, 5, 0.05), (64, 2, 0.0), (2304, 10, 0.01), (1000, 20, 0.5),
+             (513, 17, 1.0), (600, 1, 0.2))  # fmt: skip
+    for pixels, groups, density in cases:
         flat = torch.rand(pixels, groups, generator=gen) < density
-        rows, counts = kernels.active_rows(flat.to(torch.uint8))
+        rows, counts = build(to_device(flat.to(torch.uint8)))
+        rows, counts = rows.cpu(), counts.cpu()
         assert rows.shape == (groups, pixels + 1) and rows.dtype == counts.dtype == torch.int32
         for j in range(groups):
             expected = flat[:, j].nonzero().flatten()
             assert int(counts[j]) == expected.numel()
             assert torch.equal(rows[j, : expected.numel()].long(), expected)
+    empty_rows, empty_counts = build(to_device(torch.zeros(0, 3, dtype=torch.bool)))
+    assert empty_rows.shape == (3, 1) and empty_counts.cpu().tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match=r"decisions_flat must be \[M, G\]"):
-        kernels.active_rows(torch.zeros(2, 3, 4, dtype=torch.bool))
+        build(torch.zeros(2, 3, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="decisions_flat must be bool or uint8, got torch.float32"):
+        build(torch.zeros(2, 3))
+
+
+def test_compaction_kernel_bytes_hand_count() -> None:
+    """2048 pixels x 2 groups, 43 pairs on: decisions read twice, 8 x 2 tile cells, one row index per pair."""
+    assert kernels.active_rows_kernel_bytes(2048, 2, 43) == 2 * 4096 + 28 * 16 + 8 * 2 + 4 * 43
+    assert kernels.active_rows_kernel_bytes(2048, 2, 43) < kernels.active_rows_bytes(2048, 2) / 20
 
 
 def test_schedule_is_checked_and_auto_compacts_groups_of_16_or_more() -> None:
@@ -934,7 +954,7 @@ def test_gated_kernel_bytes_hand_count_compact() -> None:
     active = (3 + 40) * 16  # (pixel, channel) pairs whose gate is on
     # + decisions, the gated-off pairs' outputs (the conditional launch stores the others), base sums
     first = 32 * step + 32 * 64 * 2 * 1 + (32 * 64 * 32 - active) * 2 + 4 * active
-    between = 52 * 2048 * 2 + 4 * 2048  # active_rows' ops
+    between = kernels.active_rows_kernel_bytes(2048, 2, 3 + 40)  # the compaction kernels (hand count above)
     rows, tiles = 16 + 32 + 16, 3
     conditional = rows * (4 + 4 * 16 + 2 * 16) + rows * 16 * 2 + tiles * 16 * 16 * 2  # ids, sums, outputs; A; B
     assert got == (first, between, conditional) and got.total == first + between + conditional
@@ -943,7 +963,7 @@ def test_gated_kernel_bytes_hand_count_compact() -> None:
     left = 16  # group 0's pixel 100 (tile 1) is the only pair left to the conditional launch
     # + the tile's conditional K step, the uint8 pairs left; every output of tile 0 stored, base sums of one pair
     assert in_place.first == 33 * step + 32 * 64 * 2 + 2048 * 2 + (32 * 64 * 32 - left) * 2 + 4 * left
-    assert in_place.between == between
+    assert in_place.between == kernels.active_rows_kernel_bytes(2048, 2, 1)
     assert in_place.conditional == 16 * (4 + 4 * 16 + 2 * 16) + 16 * 16 * 2 + 16 * 16 * 2  # one 16-row tail tile
     with_residual = kernels.kernel_bytes.gated_kernel_bytes(
         decisions, 16, 32, (1, 1), gate_group=16, element_size=2, residual=True, tiling=own
