@@ -39,7 +39,7 @@
   (:func:`gated_kernel_bytes`, :func:`dense_kernel_bytes`,
   :func:`dense_kernel_macs`); :mod:`kernels.compaction`: the on-device lists
   of each gate group's active pixels (:func:`active_rows`). The gated Triton
-  kernels live in :mod:`kernels.gated_conv2d` (first launch and launch code),
+  kernels live in :mod:`kernels.gated_first` (first launch), :mod:`kernels.gated_conv2d` (launch code),
   :mod:`kernels.gated_conditional` (the compacted conditional tiles) and
   :mod:`kernels.gated_blocks` (the tile pieces both share).
 * :func:`conv_output_size`, :func:`conv_input_span`, :func:`as_pair`: the one

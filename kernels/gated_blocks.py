@@ -3,7 +3,7 @@
 :func:`block_channels` maps a program's columns to output channels (whole
 gate groups), :func:`path_ranges` gives the input-channel ranges of its base
 and conditional K loops, and :func:`conditional_sum` runs the conditional K
-loops. Used by ``_gated_conv2d_kernel`` (:mod:`kernels.gated_conv2d`) and
+loops. Used by ``_gated_conv2d_kernel`` (:mod:`kernels.gated_first`) and
 ``_gated_conditional_kernel`` (:mod:`kernels.gated_conditional`).
 """
 

@@ -1,7 +1,7 @@
 """Second launch of the compacted gated schedule: conditional tiles over compacted active pixels.
 
 ``_gated_conditional_kernel`` completes what the first launch
-(``_gated_conv2d_kernel`` with ``COMPACT``, :mod:`kernels.gated_conv2d`) left:
+(``_gated_conv2d_kernel`` with ``COMPACT``, :mod:`kernels.gated_first`) left:
 for each gate group, the conditional channels of the pixels that
 :func:`kernels.compaction.active_rows` listed for it
 (``docs/design.md#kernels``). Launched by :func:`kernels.gated_conv2d.gated_conv2d`.
