@@ -47,7 +47,7 @@ def test_a_resnet50_layer_compiles_without_spills_or_scalar_loads_in_loops(tmp_p
     assert done.returncode == 0, done.stderr[-4000:]
     kernels = json.loads(out.read_text())["kernels"]
     assert [k["kernel"] for k in kernels] == ["_conv2d_kernel", "_gated_conv2d_kernel", "_count_kernel",
-                                              "_scatter_kernel"] + 4 * ["_gated_conditional_kernel"]  # fmt: skip
+                                              "_scatter_kernel"] + 5 * ["_gated_conditional_kernel"]  # fmt: skip
     for report in kernels:
         assert report["spill_bytes"] == 0 and report["loads_16bit_in_loops"] == 0
         assert report["launches"] == ["r50.layer1.0.conv2 b8"]
@@ -57,9 +57,10 @@ def test_a_resnet50_layer_compiles_without_spills_or_scalar_loads_in_loops(tmp_p
     assert not count["loops"] and not scatter["loops"]  # the compaction: one tile of decisions per program
     assert dense["wgmma_n"] and first["wgmma_n"] == [64]  # the first launch holds all 4 groups of 16 channels
     assert conditional["wgmma_n"] == [16] and conditional["constexprs"]["BLOCK_M"] == 128
-    # each group's last < 128 rows: one 64-row tile (a warpgroup MMA), one of 32, then 16-row ones (mma.sync)
+    # each group's last < 128 rows: one 64-row tile (a warpgroup MMA), one of 32, then 16-row ones and an 8-row
+    # one, transposed (mma.sync)
     heights = [(k["constexprs"]["BLOCK_M"], k["constexprs"]["TILES"]) for k in remainder]
-    assert heights == [(64, 3), (32, 3), (16, 2)]
+    assert heights == [(64, 3), (32, 3), (16, 2), (8, 4)]
     assert remainder[0]["wgmma_n"] == [16]
     for report in remainder[1:]:
         assert report["mma_sync"] > 0 and report["wgmma_n"] == []

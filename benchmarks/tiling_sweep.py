@@ -7,7 +7,7 @@
 The compacted schedule's conditional launch runs each gate group's active
 pixels in tiles of ``block_m`` rows (:func:`kernels.compact_tiling`: 128, or
 the layer's pixels rounded down to a power of two) and the last ``< block_m``
-of them in 64-, 32- and 16-row remainder tiles (:func:`kernels.compact_tiles`),
+of them in 64-, 32-, 16- and 8-row remainder tiles (:func:`kernels.compact_tiles`),
 so the height changes no MAC. Tall tiles give the tensor cores their widest
 instructions (a Hopper warpgroup MMA needs 64 rows) and load a group's
 weight columns once per more rows. A first-launch tile with at least ``in_place_percent`` % of
@@ -135,8 +135,8 @@ def variant_records(
     A batch larger than the recording is skipped (decisions are never made up).
     ``counts``: how many layers of the network each of ``layers`` stands for
     (default 1 each). Each record: ``model``, ``mask_source``, ``shape``,
-    ``layers`` (its count), ``batch``, ``variant``, ``block_m``, ``tail``
-    (whether remainder tiles run), ``in_place_percent``, the exact ``conditional_macs``,
+    ``layers`` (its count), ``batch``, ``variant``, ``block_m``,
+    ``in_place_percent``, the exact ``conditional_macs``,
     :func:`_counted`'s fields, ``kernel_overhead`` (kernel over exact
     conditional MACs; None when nothing is on), the dense kernel's
     ``dense_kernel_macs`` / ``dense_kernel_bytes``, and with ``sweep`` the
@@ -168,7 +168,7 @@ def variant_records(
                 records.append(
                     {"model": model, "mask_source": mask_source, "shape": layer.name, "layers": count,
                      "batch": batch, "variant": name,
-                     "block_m": tiling.block_m, "tail": tiling.tail, "in_place_percent": tiling.in_place_percent,
+                     "block_m": tiling.block_m, "in_place_percent": tiling.in_place_percent,
                      "conditional_macs": exact, **counted,
                      "kernel_overhead": counted["kernel_conditional_macs"] / exact if exact else None,
                      **dense, **timed.get(name, {})}

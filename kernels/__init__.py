@@ -82,6 +82,7 @@ from .partition import (
 from .compaction import ActiveRows, active_rows, active_rows_bytes, active_rows_kernel_bytes
 from .gated_tiling import (
     IN_PLACE_PERCENT,
+    LAST_BLOCK_M,
     MAX_COMPACT_ROWS,
     SCHEDULES,
     TAIL_BLOCK_M,
@@ -140,6 +141,7 @@ __all__ = [
     "compact_tiling",
     "compact_tiles",
     "TAIL_BLOCK_M",
+    "LAST_BLOCK_M",
     "IN_PLACE_PERCENT",
     "MAX_COMPACT_ROWS",
     "KernelBytes",

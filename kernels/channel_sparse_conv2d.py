@@ -60,7 +60,7 @@ from ._common import (
     weight_4d,
 )
 from ._validation import ConvGeometry, validate_channel_sparse
-from .conv_tiles import store_epilogue
+from .conv_tiles import store_epilogue, tile_dot
 from .channel_sparse_reference import (
     CHANNEL_SPARSE_FIELDS,
     DEFAULT_CHANNEL_BLOCK,
@@ -136,10 +136,7 @@ def _sparse_k_loop(
             a = tl.where(active[None, :], a, 0.0)
         w_ptrs = w_ptr + (tap * C_in + cs)[:, None] * C_out + ch[None, :]
         b = tl.load(w_ptrs, mask=c_ok[:, None] & ch_ok[None, :], other=0.0)
-        if UPCAST_DOT:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = tile_dot(a, b, acc, UPCAST_DOT, DOT_PRECISION, False)
     return acc, k_channels
 
 

@@ -67,7 +67,7 @@ def _conv2d_kernel(
         acc = accumulate_tap_steps(
             acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, 0, C_in, ch, ch, 0, steps,
             H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-            KH, KW, BLOCK_K, PATH_DENSE, 1, UPCAST_DOT, DOT_PRECISION,
+            KH, KW, BLOCK_K, PATH_DENSE, 1, UPCAST_DOT, DOT_PRECISION, False,
         )  # fmt: skip
         store_epilogue(
             acc, m_ok[:, None] & ch_ok[None, :], y_ptr, scale_ptr, shift_ptr, res_ptr, img, oh, ow, ch, ch_ok,
@@ -79,7 +79,7 @@ def _conv2d_kernel(
             acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, 0, C_in, ch, ch,
             split * steps // SPLIT_K, (split + 1) * steps // SPLIT_K,
             H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-            KH, KW, BLOCK_K, PATH_DENSE, 1, UPCAST_DOT, DOT_PRECISION,
+            KH, KW, BLOCK_K, PATH_DENSE, 1, UPCAST_DOT, DOT_PRECISION, False,
         )  # fmt: skip
         rows = (split * M + offs_m).to(tl.int64)
         tl.store(part_ptr + rows[:, None] * C_out + ch[None, :], acc, mask=m_ok[:, None] & ch_ok[None, :])

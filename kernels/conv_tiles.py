@@ -1,8 +1,8 @@
 """The tile pieces every conv kernel shares, as Triton device functions.
 
 Pixel coordinates of flattened output rows (:func:`pixel_coords`), K-step
-counts (:func:`k_steps`), the implicit-GEMM K loops over filter taps and
-input channels (:func:`accumulate_taps`, :func:`accumulate_tap_steps`, over
+counts (:func:`k_steps`), the tile MMA (:func:`tile_dot`), the implicit-GEMM
+K loops over filter taps and input channels (:func:`accumulate_taps`, :func:`accumulate_tap_steps`, over
 the flattened conditional K :func:`accumulate_flat_k`), the fused
 scale/shift/residual/ReLU store (:func:`store_epilogue`) and the grouped
 program order (:func:`grouped_tile`). Used by the dense kernel
@@ -40,11 +40,32 @@ def k_steps(c_lo, c_hi, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def tile_dot(a, b, acc, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """``acc + a @ b`` for an ``A`` tile ``[BLOCK_M, BLOCK_K]`` and a ``B`` tile ``[BLOCK_K, BLOCK_N]``.
+
+    ``acc`` is float32 ``[BLOCK_M, BLOCK_N]``, or with ``TRANSPOSED``
+    ``[BLOCK_N, BLOCK_M]``, computed as ``b^T @ a^T``: the pixels are then the
+    MMA's N, which the tensor cores run 8 wide (``mma.sync`` m16n8k16) where
+    their M needs 16 rows, so an 8-pixel tile executes 8 rows, not 16.
+    ``UPCAST_DOT`` multiplies in float32 (the interpreter's ``tl.dot`` is wrong
+    on bfloat16).
+    """
+    if UPCAST_DOT:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if TRANSPOSED:
+        acc = tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=DOT_PRECISION)
+    else:
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def accumulate_taps(
     acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, c_lo, c_hi, base_lo, base_hi,
     H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK_K: tl.constexpr, PATH: tl.constexpr, RANGE_ALIGN: tl.constexpr,
-    UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr,
 ):  # fmt: skip
     """``acc += x[pixels, taps, c_lo:c_hi] @ w[taps, c_lo:c_hi, ch]`` over every filter tap.
 
@@ -57,7 +78,8 @@ def accumulate_taps(
     conditional, weight entries ``(c, o)`` are kept only where ``c`` is inside /
     outside ``[base_lo[o], base_hi[o])``. ``RANGE_ALIGN > 1`` promises that
     ``c_lo`` and ``c_hi`` are multiples of it, so channel loads can be
-    vectorised and pipelined (the caller must guarantee it).
+    vectorised and pipelined (the caller must guarantee it). With
+    ``TRANSPOSED``, ``acc`` is ``[BLOCK_N, BLOCK_M]`` (:func:`tile_dot`).
     All the steps of :func:`accumulate_tap_steps`.
     """
     if RANGE_ALIGN > 1:
@@ -66,7 +88,7 @@ def accumulate_taps(
     return accumulate_tap_steps(
         acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, c_lo, c_hi, base_lo, base_hi, 0, steps,
         H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-        KH, KW, BLOCK_K, PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+        KH, KW, BLOCK_K, PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION, TRANSPOSED,
     )  # fmt: skip
 
 
@@ -75,7 +97,7 @@ def accumulate_tap_steps(
     acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, c_lo, c_hi, base_lo, base_hi, step_lo, step_hi,
     H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK_K: tl.constexpr, PATH: tl.constexpr, RANGE_ALIGN: tl.constexpr,
-    UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr,
 ):  # fmt: skip
     """Steps ``[step_lo, step_hi)`` of :func:`accumulate_taps`'s flat K loop (same arguments and semantics).
 
@@ -124,10 +146,7 @@ def accumulate_tap_steps(
             cs = c0 + offs_k
             w_mask = w_mask & ((cs[:, None] < base_lo[None, :]) | (cs[:, None] >= base_hi[None, :]))
         b = tl.load(w_tile + (tap * C_in + c0) * C_out, mask=w_mask, other=0.0)
-        if UPCAST_DOT:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = tile_dot(a, b, acc, UPCAST_DOT, DOT_PRECISION, TRANSPOSED)
         c0 += BLOCK_K
         next_tap = c0 >= c_hi
         tap = tl.where(next_tap, tap + 1, tap)
@@ -140,7 +159,7 @@ def accumulate_flat_k(
     acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, base_lo, base_hi,
     H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK_K: tl.constexpr, PATH: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr,
 ):  # fmt: skip
     """``acc += x[pixels, K] @ w[K, ch]`` over the flattened conditional K of every tap.
 
@@ -152,6 +171,7 @@ def accumulate_flat_k(
     loads); with ``PATH`` conditional, weight entries are kept only where the
     channel is conditional for the output channel (outside ``[base_lo,
     base_hi)``; ``PATH_DENSE`` when the ranges are already exactly that).
+    With ``TRANSPOSED``, ``acc`` is ``[BLOCK_N, BLOCK_M]`` (:func:`tile_dot`).
     """
     offs_k = tl.arange(0, BLOCK_K)
     img_off = img.to(tl.int64) * sxn
@@ -172,10 +192,7 @@ def accumulate_flat_k(
         if PATH == PATH_CONDITIONAL:
             w_mask = w_mask & ((cs[:, None] < base_lo[None, :]) | (cs[:, None] >= base_hi[None, :]))
         b = tl.load(w_ptr + (tap * C_in + cs)[:, None] * C_out + ch[None, :], mask=w_mask, other=0.0)
-        if UPCAST_DOT:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = tile_dot(a, b, acc, UPCAST_DOT, DOT_PRECISION, TRANSPOSED)
     return acc
 
 

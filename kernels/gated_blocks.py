@@ -77,28 +77,28 @@ def conditional_sum(
     acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
     H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK_K: tl.constexpr, FLAT_K: tl.constexpr, COND_PATH: tl.constexpr,
-    RANGE_ALIGN: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    RANGE_ALIGN: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr,
 ):  # fmt: skip
     """``acc + Yr``: ``Yr`` ``[BLOCK_M, BLOCK_N]`` float32 over the conditional channels ``[0, r1_hi)`` and
     ``[r2_lo, C_in)``, accumulated into ``acc`` (zeros for ``Yr`` alone, a base sum for ``Yp + Yr``).
 
     Every tap: per tap (two :func:`accumulate_taps` loops) or, with ``FLAT_K``, over the
-    flattened (tap, channel) K of :func:`accumulate_flat_k`.
+    flattened (tap, channel) K of :func:`accumulate_flat_k`. With ``TRANSPOSED``, ``acc`` is
+    ``[BLOCK_N, BLOCK_M]`` and the pixels are the MMA's N (:func:`kernels.conv_tiles.tile_dot`).
     """
     if FLAT_K:
         return accumulate_flat_k(
             acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
             H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW, KH, KW, BLOCK_K, COND_PATH,
-            UPCAST_DOT, DOT_PRECISION,
+            UPCAST_DOT, DOT_PRECISION, TRANSPOSED,
         )  # fmt: skip
     acc = accumulate_taps(
         acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, 0, r1_hi, lo, hi,
         H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-        KH, KW, BLOCK_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+        KH, KW, BLOCK_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION, TRANSPOSED,
     )  # fmt: skip
     return accumulate_taps(
         acc, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r2_lo, C_in, lo, hi,
         H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-        KH, KW, BLOCK_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+        KH, KW, BLOCK_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION, TRANSPOSED,
     )  # fmt: skip

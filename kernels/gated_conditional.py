@@ -15,15 +15,16 @@ import triton.language as tl
 from .conv_tiles import k_steps, pixel_coords, store_epilogue
 from .gated_blocks import block_channels, conditional_sum, path_ranges
 
-# Which tiles of a compacted column a launch runs (``TILES``): every tile of
-# BLOCK_M rows (the last one padded), only the full ones, one level of the
-# remainder (``count % MAIN_BLOCK_M`` rows in binary: a full tile of BLOCK_M
-# rows, 32 <= BLOCK_M < MAIN_BLOCK_M, where that bit is set), or its tail:
-# the last ``count % 32`` rows in tiles of BLOCK_M (16) rows.
-TILES_ALL = tl.constexpr(0)
+# Which tiles of a compacted column a launch runs (``TILES``): its full tiles of
+# BLOCK_M rows, one level of the remainder (``count % MAIN_BLOCK_M`` rows in
+# binary: a full tile of BLOCK_M rows, 32 <= BLOCK_M < MAIN_BLOCK_M, where that
+# bit is set), or of its last ``count % 32`` rows the 16-row tail tiles (each
+# with more than 8 of them) and the 8-row last tile (the rest: 1 to 8 rows),
+# which runs transposed.
 TILES_FULL = tl.constexpr(1)
 TILES_TAIL = tl.constexpr(2)
 TILES_LEVEL = tl.constexpr(3)
+TILES_LAST = tl.constexpr(4)
 
 
 @triton.jit
@@ -45,20 +46,23 @@ def _gated_conditional_kernel(
 
     The grid is sized by the upper bound (``tiles_per_column`` tiles per
     column); which tiles of a column with ``count`` listed pixels
-    (``counts_ptr``) run depends on ``TILES``: ``TILES_ALL`` tile ``t`` covers
-    slots ``[t*BLOCK_M, (t+1)*BLOCK_M)`` and runs when it starts before
-    ``count`` (the last one padded); ``TILES_FULL`` only when it ends by
+    (``counts_ptr``) run depends on ``TILES``. ``TILES_FULL``: tile ``t``
+    covers slots ``[t*BLOCK_M, (t+1)*BLOCK_M)`` and runs when it ends by
     ``count`` (its rows need no mask). The remainder ``r = count % MAIN_BLOCK_M``
     after ``base = count - r`` is cut in binary: ``TILES_LEVEL`` (one program
     per column, ``32 <= BLOCK_M < MAIN_BLOCK_M``) covers the full tile
     ``[base + (r // (2*BLOCK_M)) * 2*BLOCK_M, ... + BLOCK_M)`` when bit
-    ``BLOCK_M`` of ``r`` is set; ``TILES_TAIL`` (BLOCK_M 16, two programs per
-    column) covers slots from ``base + (r // 32) * 32 + t*16`` and runs when
-    that is before ``count``. So the full, level and tail launches together
-    run each slot once, pad at most 15 rows per column and load its weight
-    columns at most ``count // MAIN_BLOCK_M + log2(MAIN_BLOCK_M) - 3`` times. A program that does not run, or
-    whose sub-block lies past the group's last channel, does nothing.
-    Otherwise it gathers its
+    ``BLOCK_M`` of ``r`` is set. The last ``t = r % 32`` rows, from ``s0 =
+    base + (r // 32) * 32``: ``TILES_TAIL`` (BLOCK_M 16, two programs per
+    column) tile ``j`` covers slots from ``s0 + 16*j`` and runs when more
+    than 8 rows are left from there; ``TILES_LAST`` (BLOCK_M 8, one program
+    per column) covers the 1 to 8 rows after the tail tiles that ran, with
+    the MMA transposed so that its pixels are the N dimension (8 wide on the
+    tensor cores, :func:`kernels.conv_tiles.tile_dot`). So the launches
+    together run each slot once, pad at most 7 rows per column and load its
+    weight columns at most ``count // MAIN_BLOCK_M + log2(MAIN_BLOCK_M) - 3``
+    times. A program that does not run, or whose sub-block lies past the
+    group's last channel, does nothing. Otherwise it gathers its
     ``BLOCK_M`` pixels from the group's list (``rows_ptr``, which may mix
     images), runs the conditional K loops as an implicit GEMM over those rows
     (3x3 halo read from the channels_last input; per tap, or with ``FLAT_K``
@@ -74,18 +78,20 @@ def _gated_conditional_kernel(
     count = tl.load(counts_ptr + group)
     group_width = tl.minimum(gate_group, C_out - group * gate_group)
     base = (count // MAIN_BLOCK_M) * MAIN_BLOCK_M
+    tail_start = base + ((count - base) // 32) * 32
     if TILES == TILES_TAIL:
-        start = base + ((count - base) // 32) * 32 + tile * BLOCK_M
+        start = tail_start + tile * BLOCK_M
+        runs = count - start > 8
+    elif TILES == TILES_LAST:
+        left = count - tail_start
+        start = tail_start + 16 * ((left > 8).to(tl.int32) + (left > 24).to(tl.int32))
+        runs = start < count
     elif TILES == TILES_LEVEL:
         start = base + ((count - base) // (2 * BLOCK_M)) * (2 * BLOCK_M)
-    else:
-        start = tile * BLOCK_M
-    if TILES == TILES_FULL:
-        runs = start + BLOCK_M <= count
-    elif TILES == TILES_LEVEL:
         runs = ((count - base) // BLOCK_M) % 2 == 1
     else:
-        runs = start < count
+        start = tile * BLOCK_M
+        runs = start + BLOCK_M <= count
     if runs & (sub * BLOCK_N < group_width):
         slot = start + tl.arange(0, BLOCK_M)
         if (TILES == TILES_FULL) or (TILES == TILES_LEVEL):
@@ -100,11 +106,15 @@ def _gated_conditional_kernel(
         )
         yp_offs = pix.to(tl.int64)[:, None] * C_out + ch[None, :]
         y = tl.load(yp_ptr + yp_offs, mask=m_ok[:, None] & ch_ok[None, :], other=0.0)
+        if TILES == TILES_LAST:
+            y = tl.trans(y)  # [BLOCK_N, BLOCK_M]: the pixels are the MMA's N
         y = conditional_sum(
             y, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
             H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-            KH, KW, BLOCK_K, FLAT_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+            KH, KW, BLOCK_K, FLAT_K, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION, TILES == TILES_LAST,
         )  # fmt: skip
+        if TILES == TILES_LAST:
+            y = tl.trans(y)
         if FLAT_K:
             cond_steps = tl.cdiv(KH * KW * (r1_hi + C_in - r2_lo), BLOCK_K)
         else:

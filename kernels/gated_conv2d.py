@@ -11,11 +11,12 @@ mostly on runs its conditional loops too, in place); the active pixels left
 of each gate group are listed across the batch on device
 (:mod:`kernels.compaction`); a second launch runs each group's conditional
 channels as an implicit GEMM over tiles of its listed pixels (rows of
-different images share a tile) and stores their outputs; when its tiles are
-taller than 16 rows it runs only full tiles, and launches of the same kernel
-run each group's remainder in 64-, 32- and 16-row tiles. Tiled: one launch whose (pixel tile, channel block)
-programs compute the base sum and decisions and run the conditional sum only
-if some decision of the tile is on. Grids are sized by the upper bound and
+different images share a tile) and stores their outputs; it runs only full
+tiles, and launches of the same kernel run each group's remainder in 64-,
+32-, 16- and 8-row tiles (the last transposed: its pixels are the MMA's N).
+Tiled: one launch whose (pixel tile, channel block) programs compute the
+base sum and decisions and run the conditional sum only if some decision of
+the tile is on. Grids are sized by the upper bound and
 programs skip on the on-device decisions, so there is no host
 synchronisation and the call is CUDA-graph capturable (after one warm-up call
 per configuration, which compiles the kernels and caches the base intervals
@@ -53,10 +54,10 @@ from ._common import (
 from ._validation import ConvGeometry, validate_gated
 from .compaction_kernels import active_rows_triton
 from .conv_tiles import PATH_BASE, PATH_CONDITIONAL, PATH_DENSE
-from .gated_conditional import TILES_ALL, TILES_FULL, TILES_LEVEL, TILES_TAIL, _gated_conditional_kernel
+from .gated_conditional import TILES_FULL, TILES_LAST, TILES_LEVEL, TILES_TAIL, _gated_conditional_kernel
 from .gated_first import _gated_conv2d_kernel
 from .gated_override import schedule_tiling
-from .gated_tiling import TAIL_BLOCK_M, CompactTiling, GatedTiling, resolve_schedule, tiling_tail
+from .gated_tiling import LAST_BLOCK_M, TAIL_BLOCK_M, CompactTiling, GatedTiling, resolve_schedule, tiling_tail
 from .spec import GateSpec
 
 
@@ -267,26 +268,23 @@ class _GatedLaunch:
         """List each group's pixels still to run (``flat``: uint8 ``[M, G]``) on device, then launch the
         conditional tiles over them.
 
-        With a tail (``tiling.tail``), one launch runs each group's full
-        ``block_m`` tiles and one launch per remainder height
-        (:attr:`CompactTiling.remainder_heights`) the rest of its pixels: one
-        program per column for the heights of 32 rows and more, two for the
-        16-row tail; every grid is sized by the upper bound, so none reads
-        the counts on the host.
+        One launch runs each group's full ``block_m`` tiles, one launch per
+        remainder height (:attr:`CompactTiling.remainder_heights`) the rest of
+        its pixels: one program per column for the heights of 32 rows and
+        more and for the 8-row last tile, two for the 16-row tail; every grid
+        is sized by the upper bound, so none reads the counts on the host.
         """
         geom, tiling = self.geom, self.tiling
         rows, counts = active_rows_triton(flat)
-        if not tiling.tail:
-            self._launch_conditional(base_sums, rows, counts, num_gate_groups, tiling.block_m,
-                                     triton.cdiv(geom.pixels, tiling.block_m), TILES_ALL, tiling.num_warps)  # fmt: skip
-            return
         full_tiles = geom.pixels // tiling.block_m  # a column holds at most this many full tiles
         if full_tiles:
             self._launch_conditional(base_sums, rows, counts, num_gate_groups, tiling.block_m, full_tiles,
                                      TILES_FULL, tiling.num_warps)  # fmt: skip
         for height in tiling.remainder_heights:
-            tiles, per_column = (TILES_TAIL, 2) if height == TAIL_BLOCK_M else (TILES_LEVEL, 1)
-            if tiles == TILES_TAIL or height <= geom.pixels:  # no remainder bit above the layer's pixels
+            tiles, per_column = {TAIL_BLOCK_M: (TILES_TAIL, 2), LAST_BLOCK_M: (TILES_LAST, 1)}.get(
+                height, (TILES_LEVEL, 1)
+            )
+            if tiles != TILES_LEVEL or height <= geom.pixels:  # no remainder bit above the layer's pixels
                 self._launch_conditional(base_sums, rows, counts, num_gate_groups, height, per_column, tiles,
                                          tiling.warps_of(height))  # fmt: skip
 

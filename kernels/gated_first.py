@@ -89,7 +89,7 @@ def _gated_conv2d_kernel(
             y_base = accumulate_taps(
                 tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
                 hull_lo, hull_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                KH, KW, BLOCK_K, BASE_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+                KH, KW, BLOCK_K, BASE_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION, False,
             )  # fmt: skip
             base_steps += k_steps(hull_lo, hull_hi, BLOCK_K)
             g_scale = tl.load(gate_scale_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)
@@ -128,7 +128,7 @@ def _gated_conv2d_kernel(
             y_base = accumulate_taps(
                 tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
                 hull_lo, hull_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                KH, KW, BLOCK_K, BASE_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+                KH, KW, BLOCK_K, BASE_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION, False,
             )  # fmt: skip
             base_steps += k_steps(hull_lo, hull_hi, BLOCK_K)
         cond_steps += k_steps(0, r1_hi, BLOCK_K) + k_steps(r2_lo, C_in, BLOCK_K)
@@ -142,7 +142,7 @@ def _gated_conv2d_kernel(
             y = conditional_sum(
                 y_base, x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok, r1_hi, r2_lo, lo, hi,
                 H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                KH, KW, BLOCK_K, False, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
+                KH, KW, BLOCK_K, False, COND_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION, False,
             )  # fmt: skip
             # The tile's mask again from the stored decisions, so it is not held in registers through the K
             # loop; the barrier makes what other threads of this program stored in pass 1 visible.

@@ -25,6 +25,7 @@ __all__ = [
     "MAX_BLOCK_N",
     "SCHEDULES",
     "TAIL_BLOCK_M",
+    "LAST_BLOCK_M",
     "IN_PLACE_PERCENT",
     "CompactTiling",
     "GatedTiling",
@@ -172,7 +173,7 @@ def block_k_steps(
 MAX_COMPACT_ROWS = 128
 """Rows of the compacted schedule's main conditional tiles (fewer when the layer has fewer output pixels).
 
-Each group's remainder runs in 64-, 32- and 16-row tiles (:func:`kernels.compact_tiles`), so the height
+Each group's remainder runs in 64-, 32-, 16- and 8-row tiles (:func:`kernels.compact_tiles`), so the height
 changes no MAC; a taller main tile loads a group's weight columns once per more rows. Counted on recorded
 decisions and blob masks (``benchmarks/results/tiling_sweep_counts_cpu.json``, ``python -m
 benchmarks.tiling_sweep``), 128 issues the fewest bytes of 16/32/64/128 in all 26 (network, batch) cases."""
@@ -194,6 +195,11 @@ TAIL_BLOCK_M = 16
 """Rows of a tail tile of the compacted schedule: the smallest tensor-core MMA M (``mma.sync`` m16)."""
 
 
+LAST_BLOCK_M = 8
+"""Rows of the last tile of a compacted column, run transposed: the pixels are the MMA's N, which the tensor
+cores run 8 wide (``mma.sync`` m16n8k16), so a group pads at most 7 rows instead of 15."""
+
+
 @dataclass(frozen=True)
 class CompactTiling:
     """Launch configuration of the compacted schedule of :func:`gated_conv2d`.
@@ -204,17 +210,18 @@ class CompactTiling:
     ``block_n`` channels of one gate group (``sub_blocks`` columns per group
     wider than ``MAX_BLOCK_N``; columns past the group's size are masked)
     over tiles of ``block_m`` compacted active
-    pixels of that group, ``block_k`` input channels per K step. When
-    ``block_m > TAIL_BLOCK_M`` (``tail``) it runs only a group's full tiles,
-    and the remainder launches (:attr:`remainder_heights`) run the rest of its
-    pixels (``r < block_m``) in binary: one full tile of each height
-    ``block_m/2, ..., 32`` whose bit is set in ``r``, then the last ``r % 32``
-    rows in tiles of :data:`TAIL_BLOCK_M` rows, with the same columns and K
-    walk (warps: :meth:`warps_of`); otherwise the last tile of a group is
-    padded. ``in_place_percent`` (0-100): a first-launch tile with at least
-    that share of its (pixel, group) pairs on runs its conditional work in
-    place, over its full ``base.block_m x base.block_n`` tile, and leaves
-    nothing to the conditional launch; 0 never does (:data:`IN_PLACE_PERCENT`).
+    pixels of that group, ``block_k`` input channels per K step: it runs a
+    group's full tiles, and the remainder launches (:attr:`remainder_heights`)
+    the rest of its pixels (``r < block_m``) in binary: one full tile of each
+    height ``block_m/2, ..., 32`` whose bit is set in ``r``; of the last
+    ``r % 32`` rows, a :data:`TAIL_BLOCK_M`-row tile per 16 rows with more
+    than 8 left, then one transposed :data:`LAST_BLOCK_M`-row tile for the
+    1 to 8 rows after them (:func:`kernels.compact_tiles`), with the same
+    columns and K walk (warps: :meth:`warps_of`). ``in_place_percent``
+    (0-100): a first-launch tile with at least that share of its (pixel,
+    group) pairs on runs its conditional work in place, over its full
+    ``base.block_m x base.block_n`` tile, and leaves nothing to the
+    conditional launch; 0 never does (:data:`IN_PLACE_PERCENT`).
     Decisions over blocks of pixels (``gate_block > 1``) are made after the
     first launch, which then runs nothing in place.
     """
@@ -231,35 +238,29 @@ class CompactTiling:
     in_place_percent: int = 0
 
     @property
-    def tail(self) -> bool:
-        """Whether remainder launches run each group's last ``< block_m`` pixels (else its last tile is padded)."""
-        return self.block_m > TAIL_BLOCK_M
-
-    @property
     def remainder_heights(self) -> tuple[int, ...]:
-        """Tile heights of the remainder launches, tallest first: ``block_m/2, ..., 32``, then :data:`TAIL_BLOCK_M`.
+        """Tile heights of the remainder launches, tallest first: ``block_m/2, ..., 32``, then
+        :data:`TAIL_BLOCK_M` and :data:`LAST_BLOCK_M`.
 
-        Empty without a tail. A column runs one tile of a height ``h >= 32``
-        when bit ``h`` of its remainder is set, and up to two tiles of 16.
+        A column runs one tile of a height ``h >= 32`` when bit ``h`` of its
+        remainder is set, up to two tiles of 16 and one of 8.
         """
-        if not self.tail:
-            return ()
         heights, height = [], self.block_m // 2
         while height > TAIL_BLOCK_M:
             heights.append(height)
             height //= 2
-        return (*heights, TAIL_BLOCK_M)
+        return (*heights, TAIL_BLOCK_M, LAST_BLOCK_M)
 
     def warps_of(self, height: int) -> int:
         """Warps of the conditional launch of tiles ``height`` rows tall.
 
-        ``num_warps`` for ``block_m``; ``tail_num_warps`` for 16; 4 (one
+        ``num_warps`` for ``block_m``; ``tail_num_warps`` for 16 and 8; 4 (one
         warpgroup, which a Hopper warpgroup MMA needs) from 64 rows; twice
         ``tail_num_warps``, at most 4, for 32.
         """
         if height == self.block_m:
             return self.num_warps
-        if height == TAIL_BLOCK_M:
+        if height <= TAIL_BLOCK_M:
             return self.tail_num_warps
         return 4 if height >= 64 else min(4, 2 * self.tail_num_warps)
 
@@ -297,9 +298,9 @@ def compact_tiling(
     (``tl.dot``'s minimum: a group of fewer than 16 channels runs padded,
     masked columns) and at most 128 (sub-blocks beyond); ``block_m`` =
     :data:`MAX_COMPACT_ROWS`, or ``pixels`` rounded down to a power of two
-    (at least 16) when fewer, the remainder of each group in 64/32/16-row
-    tiles (:attr:`CompactTiling.remainder_heights`; the 16-row ones on 1 warp
-    for ``block_n <= 32``, 2 for 64, 4 for 128: m16 MMAs);
+    (at least 16) when fewer, the remainder of each group in 64/32/16/8-row
+    tiles (:attr:`CompactTiling.remainder_heights`; the 16- and 8-row ones on
+    1 warp for ``block_n <= 32``, 2 for 64, 4 for 128: m16 MMAs);
     ``block_k`` in {64, 32, 16}
     and the K walk (per tap, or ``flat_k``: over the flattened (tap, channel)
     K, which pads once per column instead of once per tap) with the least K

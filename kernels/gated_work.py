@@ -18,6 +18,7 @@ import torch
 
 from . import partition
 from .gated_tiling import (
+    LAST_BLOCK_M,
     TAIL_BLOCK_M,
     CompactTiling,
     GatedTiling,
@@ -121,9 +122,9 @@ def gated_kernel_counters(
       sub-block) column with ``c`` active pixels left (:func:`pending_pairs`)
       runs the tiles of :func:`compact_tiles`: ``c // block_m`` full tiles of
       ``block_m`` rows, one tile of each height ``block_m/2, ..., 32`` whose
-      bit is set in the remainder, and 16-row tiles of
-      :data:`TAIL_BLOCK_M` rows for its last ``< 32`` (the last one padded),
-      each with the column's K steps and ``block_n``.
+      bit is set in the remainder, and 16- and 8-row tiles
+      (:data:`TAIL_BLOCK_M`, :data:`LAST_BLOCK_M`) for its last ``< 32``
+      (the last one padded), each with the column's K steps and ``block_n``.
 
     ``decisions_given`` says whether the kernel is handed the decisions (then
     the base loop runs once per sub-block) or computes them (once, plus once
@@ -235,17 +236,17 @@ def compact_tiles(counts: torch.Tensor, block_m: int) -> tuple[torch.Tensor, tor
 
     ``counts // block_m`` full tiles of ``block_m`` rows; the remainder ``r``
     in binary: one tile of each height ``block_m/2, ..., 32`` whose bit is
-    set in ``r``, then ``cdiv(r % 32, 16)`` tiles of :data:`TAIL_BLOCK_M` rows
-    (for ``block_m = TAIL_BLOCK_M``: ``cdiv(counts, 16)`` tiles of one launch,
-    the same rule). Rows run: ``counts`` rounded up to a multiple of 16.
-    int64 tensors shaped like ``counts``.
+    set in ``r``; of the last ``t = r % 32`` rows, one :data:`TAIL_BLOCK_M`-row
+    tile per 16 with more than 8 left and one :data:`LAST_BLOCK_M`-row tile
+    for the 1 to 8 after them: ``cdiv(t, 16)`` tiles in all. Rows run:
+    ``counts`` rounded up to a multiple of 8. int64 tensors shaped like ``counts``.
     """
     counts = counts.long()
     full = counts // block_m
     rest = counts - full * block_m
     tiles = full + sum((rest // height) % 2 for height in _powers_between(32, block_m // 2))
-    tail = -(-(rest % 32) // TAIL_BLOCK_M) if block_m > TAIL_BLOCK_M else -(-rest // TAIL_BLOCK_M)
-    return tiles + tail, -(-counts // TAIL_BLOCK_M) * TAIL_BLOCK_M
+    tail = -(-(rest % 32) // TAIL_BLOCK_M)
+    return tiles + tail, -(-counts // LAST_BLOCK_M) * LAST_BLOCK_M
 
 
 def _powers_between(low: int, high: int) -> list[int]:

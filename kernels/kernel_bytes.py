@@ -99,8 +99,8 @@ def gated_kernel_bytes(
     ``element_size`` (bytes of an activation or weight element) and
     ``residual`` (the epilogue reads a residual tile beside every output tile
     it stores). Compacted schedule, per (group, sub-block) column with ``c``
-    active pixels: ``c // block_m`` tiles of ``block_m`` rows and
-    ``cdiv(c % block_m, 16)`` of 16 (:func:`kernels.gated_work.compact_tiles`).
+    active pixels: ``c // block_m`` tiles of ``block_m`` rows, the rest in
+    64/32/16/8-row tiles (:func:`kernels.gated_work.compact_tiles`).
     Tiled schedule: every program's base loop and output tiles, and the
     conditional loop of each program with a decision on.
 

@@ -42,24 +42,24 @@ def test_hand_computed_group_on_everywhere():
 
 
 def test_kernel_conditional_macs_follow_the_kernel_tiles():
-    """Compacted tiles of 16 active pixels x one 16-channel group, over the flattened K of 9 taps x 12 channels."""
+    """Compacted tiles of active pixels x one 16-channel group, over the flattened K of 9 taps x 12 channels."""
     layer = ChannelGatedConv2d(16, 32, 3, padding=1, gate_group=16)  # base: inputs 0-3; 2 groups
     inp, out = torch.Size([1, 16, 8, 8]), torch.Size([1, 32, 8, 8])
     decisions = torch.zeros(1, 2, 8, 8, dtype=torch.bool)
-    decisions[0, 0, 3, 5] = True  # one pixel of group 0
+    decisions[0, 0, 3, 5] = True  # one pixel of group 0: one 8-row last tile
     count = gated_count("l", layer, inp, out, 2, decisions)
-    # block_m (64 pixels // 64, at least 16) x block_n x K: 9 taps x 12 channels = 108, in steps of 16 -> 112
-    tile = 16 * 16 * 112
+    # a row of a tile: block_n x K, 9 taps x 12 channels = 108, in steps of 16 -> 112
+    row = 16 * 112
     assert count.conditional_macs == 16 * 12 * 9
-    assert count.kernel_conditional_macs == tile
-    assert count.kernel_overhead == pytest.approx(tile / (16 * 12 * 9))
-    decisions[0, 0] = True  # all of group 0: four full tiles, only the K rounding (112 / 108) remains
+    assert count.kernel_conditional_macs == 8 * row
+    assert count.kernel_overhead == pytest.approx(8 * row / (16 * 12 * 9))
+    decisions[0, 0] = True  # all of group 0: one full tile of 64 rows, only the K rounding (112 / 108) remains
     count = gated_count("l", layer, inp, out, 2, decisions)
-    assert count.kernel_conditional_macs == 4 * tile and count.conditional_macs == 64 * 16 * 12 * 9
+    assert count.kernel_conditional_macs == 64 * row and count.conditional_macs == 64 * 16 * 12 * 9
     assert count.kernel_overhead == pytest.approx(112 / 108)
-    decisions[0, 1, :2, :] = True  # 16 pixels of group 1: one more full tile
+    decisions[0, 1, :2, :] = True  # 16 pixels of group 1: one 16-row tail tile
     count = gated_count("l", layer, inp, out, 2, decisions)
-    assert count.kernel_conditional_macs == 5 * tile
+    assert count.kernel_conditional_macs == (64 + 16) * row
     decisions[:] = False
     count = gated_count("l", layer, inp, out, 2, decisions)
     assert count.kernel_conditional_macs == 0 and count.kernel_overhead is None

@@ -432,7 +432,7 @@ def test_spatially_coherent_mask_skips_tiles_away_from_the_blob(layout: str) -> 
 
 @pytest.mark.parametrize("pattern", ["checkerboard", "scattered", "one-group", "one-pixel"])
 def test_compacted_conditional_work_follows_the_active_pixels_not_their_layout(pattern: str) -> None:
-    """Scattered decisions cost the compacted schedule their count rounded up to 16 rows per group, no more."""
+    """Scattered decisions cost the compacted schedule their count rounded up to 8 rows per group, no more."""
     args, conv = make_case(3, 32, 48, 3, (9, 11), torch.bfloat16, seed=8, epilogue=True)
     gen = torch.Generator().manual_seed(8)
     decisions = torch.zeros(3, 3, 9, 11, dtype=torch.bool)
@@ -448,13 +448,13 @@ def test_compacted_conditional_work_follows_the_active_pixels_not_their_layout(p
     _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact")
     per_group = decisions.permute(1, 0, 2, 3).reshape(3, -1).sum(dim=1)
     exact_rows = int(per_group.sum())
-    tiled_rows = int((-(-per_group // 16)).sum()) * 16  # full, remainder and 16-row tail tiles
+    tiled_rows = int((-(-per_group // 8)).sum()) * 8  # full, remainder, 16-row tail and 8-row last tiles
     flat_k = kernels.compact_tiling(3 * 9 * 11, 32, 48, (3, 3), 16, 0.25, "first").flat_k
     assert flat_k  # 24 conditional input channels of 32: 9 * 24 = 216 K pairs pad to 224, per tap to 9 * 32
     steps = column_conditional_steps(kernels.base_mask(48, 32, 0.25, "first"), list(range(16)), stats.block_k, 9, True)
     assert steps * stats.block_k == 224
     assert int(stats.conditional_macs) == tiled_rows * 16 * 224
-    assert tiled_rows - exact_rows < 3 * 16
+    assert tiled_rows - exact_rows < 3 * 8
 
 
 # Active pixels per gate group: none, all, then remainders 0, 1, 15, 16, 17, 31 (block_m - 1) past whole
@@ -474,34 +474,38 @@ def scattered_decisions(counts: tuple[int, ...], batch: int, height: int, width:
 
 def tail_rows(count: int, block_m: int) -> tuple[int, int]:
     """``(tiles, rows run)`` of a compacted column of ``count`` pixels: full ``block_m`` tiles, then the rest cut
-    greedily into tiles of ``block_m/2, ..., 32`` rows (at most one each), then into 16-row ones (the last padded)."""
+    greedily into tiles of ``block_m/2, ..., 32`` rows (at most one each), then into 16-row ones while more than 8
+    are left (the last one padded), then one 8-row tile for what is left (padded)."""
     tiles, rows, left = count // block_m, count // block_m * block_m, count % block_m
     height = block_m // 2
     while height >= 32:
         if left >= height:
             tiles, rows, left = tiles + 1, rows + height, left - height
         height //= 2
-    tail = -(-left // 16)
-    return tiles + tail, rows + tail * 16
+    while left > 8:
+        tiles, rows, left = tiles + 1, rows + 16, left - 16
+    if left > 0:
+        tiles, rows = tiles + 1, rows + 8
+    return tiles, rows
 
 
 @pytest.mark.parametrize("block_m", [32, 128])
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_remainder_tiles_run_each_remainder_once(kernel: int, block_m: int) -> None:
-    """2304 pixels (own block_m 128; 32 by override): full tiles, then every remainder in 64/32/16-row tiles.
+    """2304 pixels (own block_m 128; 32 by override): full tiles, then every remainder in 64/32/16/8-row tiles.
 
     Outputs poisoned; nothing in place, so every active pixel runs in the conditional launches.
     """
     args, conv = make_case(1, 16, 16 * len(TAIL_COUNTS), kernel, (48, 48), torch.bfloat16, seed=11, epilogue=True)
     decisions = scattered_decisions(TAIL_COUNTS, 1, 48, 48, seed=11)
     own = kernels.compact_tiling(2304, 16, 160, (kernel, kernel), 16, 0.25, "first")
-    assert own.block_m == 128 and own.remainder_heights == (64, 32, 16)
+    assert own.block_m == 128 and own.remainder_heights == (64, 32, 16, 8)
     tiling = dataclasses.replace(own, block_m=block_m, in_place_percent=0)
     _, _, stats = run_gated(*args, _gate(16), conv, decisions=decisions, schedule="compact", tiling=tiling)
     tiles = [tail_rows(count, block_m) for count in TAIL_COUNTS]
     expected = {32: [0, 72, 2, 2, 2, 2, 3, 3, 2, 1], 128: [0, 18, 1, 2, 2, 2, 3, 3, 2, 1]}[block_m]
     assert [t for t, _ in tiles] == expected
-    assert [r for _, r in tiles] == [0, 2304, 64, 48, 48, 48, 64, 64, 32, 16]  # counts rounded up to 16 rows
+    assert [r for _, r in tiles] == [0, 2304, 64, 40, 48, 48, 56, 64, 32, 8]  # counts rounded up to 8 rows
     assert int(stats.tiles_conditional_executed) == sum(t for t, _ in tiles)
     steps = column_conditional_steps(kernels.base_mask(160, 16, 0.25, "first"), list(range(16)), stats.block_k,
                                      kernel * kernel, own.flat_k)  # fmt: skip
@@ -510,7 +514,7 @@ def test_remainder_tiles_run_each_remainder_once(kernel: int, block_m: int) -> N
 
 @pytest.mark.parametrize("pattern", ["one-pixel", "block_m-1", "block_m+1", "scattered"])
 def test_tail_tiles_of_128_row_columns(pattern: str) -> None:
-    """block_m 128 (8192 pixels, batch 1): a lone pixel runs one 16-row tile, not a 128-row one."""
+    """block_m 128 (8192 pixels, batch 1): a lone pixel runs one 8-row tile, not a 128-row one."""
     args, conv = make_case(1, 16, 32, 1, (64, 128), torch.float16, seed=12, epilogue=True, conv={})
     if pattern == "one-pixel":
         decisions = torch.zeros(1, 2, 64, 128, dtype=torch.bool)
@@ -525,26 +529,26 @@ def test_tail_tiles_of_128_row_columns(pattern: str) -> None:
     assert stats.block_m == 128
     assert int(stats.tiles_conditional_executed) == sum(tail_rows(c, 128)[0] for c in counts)
     rows = sum(tail_rows(c, 128)[1] for c in counts)
-    assert rows - sum(counts) < 16 * len(counts)  # at most 15 padded rows per group
+    assert rows - sum(counts) < 8 * len(counts)  # at most 7 padded rows per group
     assert int(stats.conditional_macs) == rows * 16 * stats.block_k  # 12 conditional channels, one 16-wide step
     if pattern == "one-pixel":
-        assert int(stats.tiles_conditional_executed) == 1 and rows == 16
+        assert int(stats.tiles_conditional_executed) == 1 and rows == 8
 
 
 def test_tail_tiles_bound_the_padding_of_every_group() -> None:
-    """Prediction only: on a layer of 65536 pixels (block_m 128), each group pays fewer than 16 padded rows."""
-    counts = (0, 1, 11, 92, 127, 128, 129, 65536, 300)
+    """Prediction only: on a layer of 65536 pixels (block_m 128), each group pays fewer than 8 padded rows."""
+    counts = (0, 1, 11, 92, 100, 127, 128, 129, 65536, 300)
     decisions = scattered_decisions(counts, 16, 64, 64, seed=13)
     counters = gated_kernel_counters(decisions, 64, 16 * len(counts), (3, 3), gate_group=16, schedule="compact")
     stats = GatedConvStats(counters)
     tiling = kernels.compact_tiling(65536, 64, 16 * len(counts), (3, 3), 16, 0.25, "first")
-    assert stats.block_m == 128 and tiling.tail and tiling.tail_num_warps == 1
+    assert stats.block_m == 128 and tiling.tail_num_warps == 1
     steps = column_conditional_steps(kernels.base_mask(16 * len(counts), 64, 0.25, "first"), list(range(16)),
                                      stats.block_k, 9, tiling.flat_k)  # fmt: skip
     assert int(stats.tiles_conditional_executed) == sum(tail_rows(c, 128)[0] for c in counts)
     assert int(stats.conditional_macs) == sum(tail_rows(c, 128)[1] for c in counts) * steps * 16 * stats.block_k
-    assert [tail_rows(c, 128)[1] for c in (11, 92)] == [16, 96]  # were 128 rows each before the tail launch
-    assert not kernels.compact_tiling(31, 64, 64, (3, 3), 16, 0.25, "first").tail  # block_m 16: one launch
+    assert [tail_rows(c, 128)[1] for c in (1, 11, 92, 100)] == [8, 16, 96, 104]  # 16, 16, 96, 112 with 16-row tails
+    assert kernels.compact_tiling(31, 64, 64, (3, 3), 16, 0.25, "first").remainder_heights == (16, 8)  # block_m 16
 
 
 # First-launch tiles of the in-place case: 2 images of 12x12 (288 pixels) in 64-row tiles (the last one 32 rows)
@@ -585,9 +589,10 @@ def test_tiles_mostly_on_run_their_conditional_work_in_place(kernel: int, percen
 
 
 @pytest.mark.parametrize("layout", ["first", "grouped"])
-@pytest.mark.parametrize("share", [0.9, 0.5])
+@pytest.mark.parametrize("share", [0.9, 0.5, 0.1])
 def test_in_place_tiles_of_groups_wider_than_one_sub_block(share: float, layout: str) -> None:
-    """Groups of 160 channels (two column sub-blocks): a tile 90 % on runs both sub-blocks in place, 50 % does not."""
+    """Groups of 160 channels (two column sub-blocks): a tile 90 % on runs both sub-blocks in place, 50 % and 10 %
+    do not (their pixels run in two 16-row tail tiles, or one transposed 8-row last tile, per sub-block)."""
     args, conv = make_case(2, 16, 160, 3, (5, 6), torch.bfloat16, seed=25, epilogue=True)
     gen = torch.Generator().manual_seed(25)
     decisions = torch.zeros(60, dtype=torch.bool)
@@ -597,8 +602,8 @@ def test_in_place_tiles_of_groups_wider_than_one_sub_block(share: float, layout:
     own = kernels.compact_tiling(60, 16, 160, (3, 3), 160, 0.25, layout)
     assert own.base.sub_blocks == 2 and own.base.block_m == 64  # one first-launch tile holds the whole batch
     in_place = share >= own.in_place_percent / 100
-    # else: 30 pixels under 32-row main tiles run as two 16-row tiles in each of the 2 sub-blocks
-    assert int(stats.tiles_conditional_executed) == (1 if in_place else 2 * 2)
+    assert own.block_m == 32
+    assert int(stats.tiles_conditional_executed) == (1 if in_place else 2 * tail_rows(round(share * 60), 32)[0])
 
 
 def test_a_mostly_on_layer_runs_in_place_on_the_decisions_it_computes() -> None:
@@ -909,14 +914,15 @@ def test_gated_kernel_compiles_for_hopper_with_tensor_cores(tmp_path: Path) -> N
     pointers = {name: "*bf16" for name in ("x_ptr", "w_ptr", "y_ptr", "res_ptr")}
     pointers |= {"rows_ptr": "*i32", "counts_ptr": "*i32", "base_lo_ptr": "*i32", "base_hi_ptr": "*i32",
                  "stats_ptr": "*i64"}  # fmt: skip
-    # TILES: 0 every tile, 1 full tiles only, 2 the 16-row tail tiles of MAIN_BLOCK_M columns
+    # TILES: 1 full tiles, 2 the 16-row tail tiles of MAIN_BLOCK_M columns, 3 a remainder level, 4 the 8-row last
+    # tile (transposed)
     conditional = [
         (pointers, common | {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_SLOT": n, "SUB_BLOCKS": subs,
                              "RANGE_ALIGN": 8, "FLAT_K": flat, "BASE_PATH": 1 if flat else 0, "COND_PATH": 2 if flat else 0,
                              "SLOT_IS_GROUP": subs == 1, "TILES": tiles, "MAIN_BLOCK_M": main})  # fmt: skip
         for m, n, k, subs, flat, tiles, main in (
-            (16, 16, 64, 1, False, 2, 128), (128, 16, 16, 1, True, 1, 128), (64, 64, 32, 1, False, 0, 64),
-            (64, 128, 64, 2, False, 1, 64), (16, 16, 32, 1, True, 0, 16),
+            (16, 16, 64, 1, False, 2, 128), (128, 16, 16, 1, True, 1, 128), (64, 64, 32, 1, False, 3, 128),
+            (64, 128, 64, 2, False, 1, 64), (8, 16, 32, 1, True, 4, 16), (8, 32, 64, 1, False, 4, 128),
         )  # fmt: skip
     ]
     compiled = compile_for_hopper("kernels.gated_conditional", "_gated_conditional_kernel", conditional, tmp_path)
@@ -943,7 +949,7 @@ def test_gated_kernel_bytes_hand_count_compact() -> None:
     """First launch: 32 programs of 64 pixels x 32 columns (both groups), one K step of 16 (base channels 0-3).
 
     Conditional launches: block_m 32 (2048 // 64), block_n 16, one K step of 16 (channels 4-15); group 0's 3
-    pixels run one 16-row tail tile, group 1's 40 one full 32-row tile and one 16-row tail tile. Nothing runs
+    pixels run one 8-row last tile, group 1's 40 one full 32-row tile and one 8-row last tile. Nothing runs
     in place (``in_place_percent`` 0), then the first tile (42 of its 128 pairs on) does, at 30 %.
     """
     decisions = _bytes_case()
@@ -955,7 +961,7 @@ def test_gated_kernel_bytes_hand_count_compact() -> None:
     # + decisions, the gated-off pairs' outputs (the conditional launch stores the others), base sums
     first = 32 * step + 32 * 64 * 2 * 1 + (32 * 64 * 32 - active) * 2 + 4 * active
     between = kernels.active_rows_kernel_bytes(2048, 2, 3 + 40)  # the compaction kernels (hand count above)
-    rows, tiles = 16 + 32 + 16, 3
+    rows, tiles = 8 + 32 + 8, 3
     conditional = rows * (4 + 4 * 16 + 2 * 16) + rows * 16 * 2 + tiles * 16 * 16 * 2  # ids, sums, outputs; A; B
     assert got == (first, between, conditional) and got.total == first + between + conditional
     in_place = kernels.kernel_bytes.gated_kernel_bytes(decisions, 16, 32, (1, 1), gate_group=16, element_size=2,
@@ -964,7 +970,7 @@ def test_gated_kernel_bytes_hand_count_compact() -> None:
     # + the tile's conditional K step, the uint8 pairs left; every output of tile 0 stored, base sums of one pair
     assert in_place.first == 33 * step + 32 * 64 * 2 + 2048 * 2 + (32 * 64 * 32 - left) * 2 + 4 * left
     assert in_place.between == kernels.active_rows_kernel_bytes(2048, 2, 1)
-    assert in_place.conditional == 16 * (4 + 4 * 16 + 2 * 16) + 16 * 16 * 2 + 16 * 16 * 2  # one 16-row tail tile
+    assert in_place.conditional == 8 * (4 + 4 * 16 + 2 * 16) + 8 * 16 * 2 + 16 * 16 * 2  # one 8-row last tile
     with_residual = kernels.kernel_bytes.gated_kernel_bytes(
         decisions, 16, 32, (1, 1), gate_group=16, element_size=2, residual=True, tiling=own
     )
