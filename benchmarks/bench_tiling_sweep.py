@@ -32,8 +32,9 @@ def _recorded(batch: int = 4, gate_group: int = 16) -> list:
 
 def test_variants_replace_only_the_conditional_tile_height() -> None:
     own = kernels.compact_tiling(4096, 64, 128, (3, 3), 32, 0.25, "first")
-    variants = tiling_sweep.layer_variants(own, (16, 128))
-    assert list(variants) == ["own", "block_m=16", "block_m=128"]
+    variants = tiling_sweep.layer_variants(own, (16, 128), column_major=True)
+    assert list(variants) == ["own", "block_m=16", "block_m=128", "column_major"]
+    assert own.tile_major and variants["column_major"] == dataclasses.replace(own, tile_major=False)
     assert variants["own"] is own
     for name, block_m, warps in (("block_m=16", 16, 4), ("block_m=128", 128, 4)):
         tiling = variants[name]

@@ -1,8 +1,8 @@
 """Tile variants of the compacted gated kernel on recorded real decisions: counted on any machine, timed on CUDA.
 
 ``python -m benchmarks.tiling_sweep [--decisions FILE...] [--blob MODEL...] [--densities D...]
-[--block-m 16 32 64 128] [--in-place-percent P...] [--batches 8 64] [--count-only] [--warmup MS] [--rep MS]
-[--out PATH]``
+[--block-m 16 32 64 128] [--in-place-percent P...] [--column-major] [--batches 8 64] [--count-only]
+[--warmup MS] [--rep MS] [--out PATH]``
 
 The compacted schedule's conditional launch runs each gate group's active
 pixels in tiles of ``block_m`` rows (:func:`kernels.compact_tiling`: 128, or
@@ -12,6 +12,10 @@ so the height changes no MAC. Tall tiles give the tensor cores their widest
 instructions (a Hopper warpgroup MMA needs 64 rows) and load a group's
 weight columns once per more rows. A first-launch tile with at least ``in_place_percent`` % of
 its pairs on runs its conditional work in place instead (``CompactTiling``).
+The conditional launch numbers its programs tile-major (``tile_major``: tile
+``t`` of every group together, for L2 reuse of the input rows that the
+issued-bytes count cannot see); ``--column-major`` adds the group-by-group
+order, which only a timed run can tell apart.
 This sweep runs the layer's own tiles and the same tiles with each
 ``--block-m`` and each ``--in-place-percent`` (the ``tiling=`` override of
 ``kernels.gated_conv2d_triton``, :func:`kernels.check_gated_tiling`) on every
@@ -80,16 +84,19 @@ def own_tiling(layer: RecordedLayer, batch: int) -> CompactTiling | None:
 
 
 def layer_variants(
-    own: CompactTiling, block_ms: Sequence[int], in_place_percents: Sequence[int] = ()
+    own: CompactTiling, block_ms: Sequence[int], in_place_percents: Sequence[int] = (), column_major: bool = False
 ) -> dict[str, CompactTiling]:
     """``{"own": own, "block_m=B": own with conditional tiles of B rows (8 warps from 128x128 tiles, else 4),
-    "in_place=P": own with CompactTiling.in_place_percent P}``."""
+    "in_place=P": own with CompactTiling.in_place_percent P, "column_major": own numbered group by group (only
+    with ``column_major``)}``."""
     variants = {OWN: own}
     for block_m in block_ms:
         warps = 8 if block_m * own.block_n >= 128 * 128 else 4
         variants[f"block_m={block_m}"] = dataclasses.replace(own, block_m=block_m, num_warps=warps)
     for percent in in_place_percents:
         variants[f"in_place={percent}"] = dataclasses.replace(own, in_place_percent=percent)
+    if column_major:
+        variants["column_major"] = dataclasses.replace(own, tile_major=False)
     return variants
 
 
@@ -128,7 +135,7 @@ def _counted(layer: RecordedLayer, decisions: torch.Tensor, tiling: CompactTilin
 def variant_records(
     layers: Sequence[RecordedLayer], model: str, batches: Sequence[int], block_ms: Sequence[int],
     sweep: Sweep | None = None, device: torch.device | str = DEVICE, in_place_percents: Sequence[int] = (),
-    counts: Sequence[int] | None = None, mask_source: str = "real",
+    counts: Sequence[int] | None = None, mask_source: str = "real", column_major: bool = False,
 ) -> list[dict[str, object]]:  # fmt: skip
     """One record per (compacted layer call, batch, variant); timed on ``device`` when ``sweep`` is given.
 
@@ -136,7 +143,7 @@ def variant_records(
     ``counts``: how many layers of the network each of ``layers`` stands for
     (default 1 each). Each record: ``model``, ``mask_source``, ``shape``,
     ``layers`` (its count), ``batch``, ``variant``, ``block_m``,
-    ``in_place_percent``, the exact ``conditional_macs``,
+    ``in_place_percent``, ``tile_major``, the exact ``conditional_macs``,
     :func:`_counted`'s fields, ``kernel_overhead`` (kernel over exact
     conditional MACs; None when nothing is on), the dense kernel's
     ``dense_kernel_macs`` / ``dense_kernel_bytes``, and with ``sweep`` the
@@ -161,7 +168,7 @@ def variant_records(
                 "dense_kernel_bytes": kernels.dense_kernel_bytes(pixels, layer.in_channels, layer.out_channels,
                                                                  layer.kernel, element_size=ELEM_SIZE),  # fmt: skip
             }
-            variants = layer_variants(own, block_ms, in_place_percents)
+            variants = layer_variants(own, block_ms, in_place_percents, column_major)
             timed = _time_variants(sweep, layer, batch, variants, device) if sweep is not None else {}
             for name, tiling in variants.items():
                 counted = _counted(layer, decisions, tiling)
@@ -169,6 +176,7 @@ def variant_records(
                     {"model": model, "mask_source": mask_source, "shape": layer.name, "layers": count,
                      "batch": batch, "variant": name,
                      "block_m": tiling.block_m, "in_place_percent": tiling.in_place_percent,
+                     "tile_major": tiling.tile_major,
                      "conditional_macs": exact, **counted,
                      "kernel_overhead": counted["kernel_conditional_macs"] / exact if exact else None,
                      **dense, **timed.get(name, {})}
@@ -295,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"conditional tile heights to try beside the own tiles (default {list(BLOCK_M)})")
     parser.add_argument("--in-place-percent", type=_percent, nargs="*", default=[],
                         help="CompactTiling.in_place_percent values to try beside the own tiles (default: none)")
+    parser.add_argument("--column-major", action="store_true",
+                        help="also the own tiles with the conditional programs numbered group by group")
     parser.add_argument("--batches", type=_batch, nargs="+", default=[8, 64], help="default: 8 64")
     parser.add_argument("--count-only", action="store_true", help="counts only (no GPU needed)")
     parser.add_argument("--warmup", type=int, default=Sweep.warmup_ms, help="do_bench warm-up, ms")
@@ -326,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timed = None if args.count_only else sweep
     for model, layers in recorded:
         records += variant_records(layers, model, args.batches, args.block_m, timed,
-                                   in_place_percents=args.in_place_percent)  # fmt: skip
+                                   in_place_percents=args.in_place_percent, column_major=args.column_major)
     spec = GateSpec()
     for model in args.blob:
         for density in args.densities:
@@ -334,14 +344,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 layers, counts = blob_layers(model, batch, density, spec)
                 records += variant_records(layers, f"{model} blob {density}", (batch,), args.block_m, timed,
                                            in_place_percents=args.in_place_percent, counts=counts,
-                                           mask_source="blob")  # fmt: skip
+                                           mask_source="blob", column_major=args.column_major)  # fmt: skip
     rows = summarize_variants(records)
     payload = {
         "benchmark": "tiling_sweep",
         "environment": environment(cuda and not args.count_only),
         "parameters": {"decisions": [str(path) for path in args.decisions], "blob": args.blob,
                        "densities": args.densities, "gate": GateSpec().to_dict(), "block_m": args.block_m,
-                       "in_place_percent": args.in_place_percent,
+                       "in_place_percent": args.in_place_percent, "column_major": args.column_major,
                        "batches": args.batches, "count_only": args.count_only, "warmup_ms": args.warmup,
                        "rep_ms": args.rep},  # fmt: skip
         "records": records,

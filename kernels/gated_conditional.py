@@ -37,7 +37,7 @@ def _gated_conditional_kernel(
     KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_SLOT: tl.constexpr, SUB_BLOCKS: tl.constexpr, SLOT_IS_GROUP: tl.constexpr, RANGE_ALIGN: tl.constexpr,
-    FLAT_K: tl.constexpr, TILES: tl.constexpr, MAIN_BLOCK_M: tl.constexpr,
+    FLAT_K: tl.constexpr, TILES: tl.constexpr, MAIN_BLOCK_M: tl.constexpr, TILE_MAJOR: tl.constexpr,
     BASE_PATH: tl.constexpr, COND_PATH: tl.constexpr, COUNT_STATS: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -45,8 +45,14 @@ def _gated_conditional_kernel(
     """Second launch of the compacted schedule: one program per (gate group, sub-block, tile of active pixels).
 
     The grid is sized by the upper bound (``tiles_per_column`` tiles per
-    column); which tiles of a column with ``count`` listed pixels
-    (``counts_ptr``) run depends on ``TILES``. ``TILES_FULL``: tile ``t``
+    column). With ``TILE_MAJOR`` program ``pid`` runs tile ``pid // columns``
+    of column ``pid % columns``, so tile ``t`` of every group is in flight at
+    about the same time: each group's list is ascending, so where the
+    groups' densities are alike those tiles gather rows of about the same
+    pixels, and the input rows one group reads can still be in L2 for the
+    next. Otherwise (column-major) a column's tiles are numbered together.
+    Which tiles of a column with ``count`` listed pixels (``counts_ptr``)
+    run depends on ``TILES``. ``TILES_FULL``: tile ``t``
     covers slots ``[t*BLOCK_M, (t+1)*BLOCK_M)`` and runs when it ends by
     ``count`` (its rows need no mask). The remainder ``r = count % MAIN_BLOCK_M``
     after ``base = count - r`` is cut in binary: ``TILES_LEVEL`` (one program
@@ -71,8 +77,13 @@ def _gated_conditional_kernel(
     first launch's output. Counters: conditional tiles and MACs.
     """
     pid = tl.program_id(0)
-    column = pid // tiles_per_column
-    tile = pid - column * tiles_per_column
+    if TILE_MAJOR:  # tile t of every column runs at about the same time
+        columns = tl.cdiv(C_out, gate_group) * SUB_BLOCKS
+        tile = pid // columns
+        column = pid - tile * columns
+    else:
+        column = pid // tiles_per_column
+        tile = pid - column * tiles_per_column
     group = column // SUB_BLOCKS
     sub = column - group * SUB_BLOCKS
     count = tl.load(counts_ptr + group)

@@ -222,6 +222,11 @@ class CompactTiling:
     group) pairs on runs its conditional work in place, over its full
     ``base.block_m x base.block_n`` tile, and leaves nothing to the
     conditional launch; 0 never does (:data:`IN_PLACE_PERCENT`).
+    ``tile_major``: the conditional launch numbers its programs tile by tile
+    (tile ``t`` of every group, then tile ``t + 1``), so groups whose lists
+    cover the same pixels read their input rows at about the same time (L2
+    reuse, which the issued-bytes count does not see); False numbers them
+    group by group. Either order runs the same tiles.
     Decisions over blocks of pixels (``gate_block > 1``) are made after the
     first launch, which then runs nothing in place.
     """
@@ -236,6 +241,7 @@ class CompactTiling:
     num_stages: int
     tail_num_warps: int
     in_place_percent: int = 0
+    tile_major: bool = True
 
     @property
     def remainder_heights(self) -> tuple[int, ...]:
@@ -254,14 +260,19 @@ class CompactTiling:
     def warps_of(self, height: int) -> int:
         """Warps of the conditional launch of tiles ``height`` rows tall.
 
-        ``num_warps`` for ``block_m``; ``tail_num_warps`` for 16 and 8; 4 (one
+        ``num_warps`` for ``block_m``; ``tail_num_warps`` for 16; 4 (one
         warpgroup, which a Hopper warpgroup MMA needs) from 64 rows; twice
-        ``tail_num_warps``, at most 4, for 32.
+        ``tail_num_warps``, at most 4, for 32; for the transposed 8-row tile
+        one warp per 16 columns, at most 4 (compiled for sm_90, 32 columns at
+        ``block_k`` 64 took 168 registers and spilled on one warp, 95 on two;
+        16 columns on two warps lose their 16-byte loads).
         """
         if height == self.block_m:
             return self.num_warps
-        if height <= TAIL_BLOCK_M:
+        if height == TAIL_BLOCK_M:
             return self.tail_num_warps
+        if height == LAST_BLOCK_M:
+            return min(4, max(1, self.block_n // 16))
         return 4 if height >= 64 else min(4, 2 * self.tail_num_warps)
 
     @property
@@ -299,8 +310,9 @@ def compact_tiling(
     masked columns) and at most 128 (sub-blocks beyond); ``block_m`` =
     :data:`MAX_COMPACT_ROWS`, or ``pixels`` rounded down to a power of two
     (at least 16) when fewer, the remainder of each group in 64/32/16/8-row
-    tiles (:attr:`CompactTiling.remainder_heights`; the 16- and 8-row ones on
-    1 warp for ``block_n <= 32``, 2 for 64, 4 for 128: m16 MMAs);
+    tiles (:attr:`CompactTiling.remainder_heights`; the 16-row ones on 1
+    warp for ``block_n <= 32``, 2 for 64, 4 for 128: m16 MMAs; the 8-row
+    ones on one warp per 16 columns, at most 4: :meth:`CompactTiling.warps_of`);
     ``block_k`` in {64, 32, 16}
     and the K walk (per tap, or ``flat_k``: over the flattened (tap, channel)
     K, which pads once per column instead of once per tap) with the least K

@@ -543,6 +543,7 @@ def test_tail_tiles_bound_the_padding_of_every_group() -> None:
     stats = GatedConvStats(counters)
     tiling = kernels.compact_tiling(65536, 64, 16 * len(counts), (3, 3), 16, 0.25, "first")
     assert stats.block_m == 128 and tiling.tail_num_warps == 1
+    assert [tiling.warps_of(height) for height in (128, *tiling.remainder_heights)] == [4, 4, 2, 1, 1]
     steps = column_conditional_steps(kernels.base_mask(16 * len(counts), 64, 0.25, "first"), list(range(16)),
                                      stats.block_k, 9, tiling.flat_k)  # fmt: skip
     assert int(stats.tiles_conditional_executed) == sum(tail_rows(c, 128)[0] for c in counts)
@@ -616,7 +617,7 @@ def test_a_mostly_on_layer_runs_in_place_on_the_decisions_it_computes() -> None:
     assert 0 < int(here.sum()) and got.float().mean() > 0.9
 
 
-# 2 images of 9x11 (198 pixels), 24 -> 48 channels, 3x3: own compact tiles are 16 rows, one launch.
+# 2 images of 9x11 (198 pixels), 24 -> 48 channels, 3x3: own compact tiles are 128 rows.
 OVERRIDE_LAYER = {"pixels": 198, "c_in": 24, "c_out": 48, "kernel": (3, 3)}
 
 
@@ -633,6 +634,8 @@ def _override(name: str) -> tuple[str, int, kernels.GatedTiling | kernels.Compac
     if name == "compact-64-row-tiles-with-tails":  # full 64-row tiles, 16-row tails; first launch one group wide
         base = replace(compact16.base, block_m=32, block_n=16, groups_per_block=1, num_warps=2)
         return "compact", 16, replace(compact16, base=base, block_m=64, block_k=16, num_warps=2, tail_num_warps=2)
+    if name == "compact-16-row-tiles-column-major":  # up to 12 full tiles a column, numbered group by group
+        return "compact", 16, replace(compact16, block_m=16, tile_major=False, in_place_percent=0)
     if name == "compact-flat-k-flipped":
         return "compact", 16, replace(compact16, flat_k=not compact16.flat_k, block_k=32, num_stages=2)
     if name == "compact-32-wide-groups":
@@ -642,7 +645,8 @@ def _override(name: str) -> tuple[str, int, kernels.GatedTiling | kernels.Compac
     return "tiled", 8, replace(tiled8, block_m=16, block_n=32, groups_per_block=4, block_k=16, num_warps=2)
 
 
-OVERRIDES = ["compact-64-row-tiles-with-tails", "compact-flat-k-flipped", "compact-32-wide-groups", "tiled-wide"]
+OVERRIDES = ["compact-64-row-tiles-with-tails", "compact-16-row-tiles-column-major", "compact-flat-k-flipped",
+             "compact-32-wide-groups", "tiled-wide"]
 
 
 @pytest.mark.parametrize("name", OVERRIDES)
@@ -679,6 +683,8 @@ def _bad_override(name: str) -> tuple[str, object, type[Exception], str]:
         "base-float-field": ("compact", replace(compact, base=replace(compact.base, block_k=32.0)), TypeError,
                              "tiling.base.block_k must be an int"),
         "flat_k-int": ("compact", replace(compact, flat_k=1), TypeError, "tiling.flat_k must be a bool"),
+        "tile_major-str": ("compact", replace(compact, tile_major="yes"), TypeError,
+                           "tiling.tile_major must be a bool"),
         "conditional-columns": ("compact", replace(compact, block_n=32), ValueError,
                                 "tiling.block_n=32 does not fit this layer: gate_group=16 over C_out=48 needs "
                                 "block_n=16"),
@@ -705,7 +711,7 @@ def _bad_override(name: str) -> tuple[str, object, type[Exception], str]:
 
 
 BAD_OVERRIDES = ["tuple", "tiled-for-compact", "compact-for-tiled", "float-field", "base-float-field", "flat_k-int",
-                 "conditional-columns", "base-group-slot", "base-partial-groups", "block_m-48", "block_m-512",
+                 "tile_major-str", "conditional-columns", "base-group-slot", "base-partial-groups", "block_m-48", "block_m-512",
                  "block_k-8", "base-block_k-256", "num_warps-3", "tail_num_warps-16", "num_stages-0",
                  "tiled-block_n-8", "tiled-sub-blocks"]  # fmt: skip
 
@@ -919,7 +925,8 @@ def test_gated_kernel_compiles_for_hopper_with_tensor_cores(tmp_path: Path) -> N
     conditional = [
         (pointers, common | {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_SLOT": n, "SUB_BLOCKS": subs,
                              "RANGE_ALIGN": 8, "FLAT_K": flat, "BASE_PATH": 1 if flat else 0, "COND_PATH": 2 if flat else 0,
-                             "SLOT_IS_GROUP": subs == 1, "TILES": tiles, "MAIN_BLOCK_M": main})  # fmt: skip
+                             "SLOT_IS_GROUP": subs == 1, "TILES": tiles, "MAIN_BLOCK_M": main,
+                             "TILE_MAJOR": tiles != 3})  # fmt: skip
         for m, n, k, subs, flat, tiles, main in (
             (16, 16, 64, 1, False, 2, 128), (128, 16, 16, 1, True, 1, 128), (64, 64, 32, 1, False, 3, 128),
             (64, 128, 64, 2, False, 1, 64), (8, 16, 32, 1, True, 4, 16), (8, 32, 64, 1, False, 4, 128),
