@@ -711,8 +711,8 @@ def _bad_override(name: str) -> tuple[str, object, type[Exception], str]:
 
 
 BAD_OVERRIDES = ["tuple", "tiled-for-compact", "compact-for-tiled", "float-field", "base-float-field", "flat_k-int",
-                 "tile_major-str", "conditional-columns", "base-group-slot", "base-partial-groups", "block_m-48", "block_m-512",
-                 "block_k-8", "base-block_k-256", "num_warps-3", "tail_num_warps-16", "num_stages-0",
+                 "tile_major-str", "conditional-columns", "base-group-slot", "base-partial-groups", "block_m-48",
+                 "block_m-512", "block_k-8", "base-block_k-256", "num_warps-3", "tail_num_warps-16", "num_stages-0",
                  "tiled-block_n-8", "tiled-sub-blocks"]  # fmt: skip
 
 
