@@ -2,7 +2,7 @@
 
 :func:`block_channels` maps a program's columns to output channels (whole
 gate groups), :func:`path_ranges` gives the input-channel ranges of its base
-and conditional K loops, and :func:`conditional_sum` runs the conditional K
+and conditional K loops (:func:`column_ranges`: both at once), and :func:`conditional_sum` runs the conditional K
 loops. Used by ``_gated_conv2d_kernel`` (:mod:`kernels.gated_first`) and
 ``_gated_conditional_kernel`` (:mod:`kernels.gated_conditional`).
 """
@@ -14,7 +14,7 @@ import triton.language as tl
 
 from .conv_tiles import PATH_DENSE, accumulate_flat_k, accumulate_taps
 
-__all__ = ["block_channels", "conditional_sum", "path_ranges"]
+__all__ = ["block_channels", "column_ranges", "conditional_sum", "path_ranges"]
 
 
 @triton.jit
@@ -70,6 +70,21 @@ def path_ranges(base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_h
     r1_hi = tl.where(split, common_lo, C_in)
     r2_lo = tl.where(split, common_hi, C_in)
     return lo, hi, hull_lo, hull_hi, r1_hi, r2_lo
+
+
+@triton.jit
+def column_ranges(
+    pid_n, sub, gate_group, C_in, C_out, base_lo_ptr, base_hi_ptr, uniform_lo, uniform_hi,
+    BLOCK_N: tl.constexpr, GROUP_SLOT: tl.constexpr, GROUPS_PER_BLOCK: tl.constexpr, SLOT_IS_GROUP: tl.constexpr,
+    BASE_PATH: tl.constexpr,
+):  # fmt: skip
+    """``(ch, ch_ok, lo, hi, hull_lo, hull_hi, r1_hi, r2_lo)`` of sub-block ``sub`` of channel block ``pid_n``:
+    :func:`block_channels`, then :func:`path_ranges` over those channels."""
+    ch, ch_ok = block_channels(pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK, SLOT_IS_GROUP)
+    lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = path_ranges(
+        base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
+    )
+    return ch, ch_ok, lo, hi, hull_lo, hull_hi, r1_hi, r2_lo
 
 
 @triton.jit

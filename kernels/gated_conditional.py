@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .conv_tiles import k_steps, pixel_coords, store_epilogue
-from .gated_blocks import block_channels, conditional_sum, path_ranges
+from .gated_blocks import column_ranges, conditional_sum
 
 # Which tiles of a compacted column a launch runs (``TILES``): its full tiles of
 # BLOCK_M rows, one level of the remainder (``count % MAIN_BLOCK_M`` rows in
@@ -111,10 +111,10 @@ def _gated_conditional_kernel(
             m_ok = slot < count
         pix = tl.load(rows_ptr + group.to(tl.int64) * rows_stride + slot, mask=m_ok, other=0)
         img, oh, ow, _ = pixel_coords(pix, M, OH, OW)
-        ch, ch_ok = block_channels(group, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, 1, SLOT_IS_GROUP)
-        lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = path_ranges(
-            base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
-        )
+        ch, ch_ok, lo, hi, _, _, r1_hi, r2_lo = column_ranges(
+            group, sub, gate_group, C_in, C_out, base_lo_ptr, base_hi_ptr, uniform_lo, uniform_hi,
+            BLOCK_N, GROUP_SLOT, 1, SLOT_IS_GROUP, BASE_PATH,
+        )  # fmt: skip
         yp_offs = pix.to(tl.int64)[:, None] * C_out + ch[None, :]
         y = tl.load(yp_ptr + yp_offs, mask=m_ok[:, None] & ch_ok[None, :], other=0.0)
         if TILES == TILES_LAST:

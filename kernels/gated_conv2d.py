@@ -61,6 +61,10 @@ from .gated_tiling import LAST_BLOCK_M, TAIL_BLOCK_M, CompactTiling, GatedTiling
 from .spec import GateSpec
 
 
+# (TILES, programs per column) of the remainder launches below 32 rows; the taller ones are TILES_LEVEL, one each.
+_REMAINDER_LAUNCHES = {TAIL_BLOCK_M: (TILES_TAIL, 2), LAST_BLOCK_M: (TILES_LAST, 1)}
+
+
 @functools.lru_cache(maxsize=256)
 def _counters_template(tiling: tuple[int, int, int, int, int], device: torch.device) -> torch.Tensor:
     """int64 ``[9]``: zero work counters, then ``tiling`` (see :mod:`kernels.work`), cached per device.
@@ -281,9 +285,7 @@ class _GatedLaunch:
             self._launch_conditional(base_sums, rows, counts, num_gate_groups, tiling.block_m, full_tiles,
                                      TILES_FULL, tiling.num_warps)  # fmt: skip
         for height in tiling.remainder_heights:
-            tiles, per_column = {TAIL_BLOCK_M: (TILES_TAIL, 2), LAST_BLOCK_M: (TILES_LAST, 1)}.get(
-                height, (TILES_LEVEL, 1)
-            )
+            tiles, per_column = _REMAINDER_LAUNCHES.get(height, (TILES_LEVEL, 1))
             if tiles != TILES_LEVEL or height <= geom.pixels:  # no remainder bit above the layer's pixels
                 self._launch_conditional(base_sums, rows, counts, num_gate_groups, height, per_column, tiles,
                                          tiling.warps_of(height))  # fmt: skip

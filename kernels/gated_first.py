@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .conv_tiles import accumulate_taps, k_steps, pixel_coords, store_epilogue
-from .gated_blocks import block_channels, conditional_sum, path_ranges
+from .gated_blocks import column_ranges, conditional_sum
 
 
 @triton.jit
@@ -80,18 +80,13 @@ def _gated_conv2d_kernel(
     else:
         z_sum = tl.zeros([BLOCK_M, GROUPS_PER_BLOCK], dtype=tl.float32)
         for sub in tl.static_range(SUB_BLOCKS):
-            ch, ch_ok = block_channels(
-                pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK, SLOT_IS_GROUP
-            )
-            lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = path_ranges(
-                base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
-            )
-            y_base = accumulate_taps(
-                tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
-                hull_lo, hull_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                KH, KW, BLOCK_K, BASE_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION, False,
+            ch, ch_ok, lo, hi, r1_hi, r2_lo, y_base, steps = _column_base_sum(
+                pid_n, sub, x_ptr, w_ptr, base_lo_ptr, base_hi_ptr, img, oh, ow, m_ok,
+                H, W, C_in, C_out, gate_group, uniform_lo, uniform_hi, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+                KH, KW, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SLOT, GROUPS_PER_BLOCK, SLOT_IS_GROUP, BASE_PATH,
+                RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
             )  # fmt: skip
-            base_steps += k_steps(hull_lo, hull_hi, BLOCK_K)
+            base_steps += steps
             g_scale = tl.load(gate_scale_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)
             g_shift = tl.load(gate_shift_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)
             z = tl.where(ch_ok[None, :], y_base * g_scale[None, :] + g_shift[None, :], 0.0)
@@ -118,19 +113,15 @@ def _gated_conv2d_kernel(
     on = _expand_groups(d_int, BLOCK_M, BLOCK_N, GROUPS_PER_BLOCK, GROUP_SLOT) != 0
     cond_steps = 0
     for sub in tl.static_range(SUB_BLOCKS):
-        ch, ch_ok = block_channels(
-            pid_n, sub, gate_group, C_out, BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK, SLOT_IS_GROUP
-        )
-        lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = path_ranges(
-            base_lo_ptr, base_hi_ptr, ch, ch_ok, C_in, uniform_lo, uniform_hi, BASE_PATH
-        )
+        # One sub-block whose decisions pass 1 made: its columns, ranges and base sum are those of pass 1.
         if HAS_DECISIONS or SUB_BLOCKS > 1:
-            y_base = accumulate_taps(
-                tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
-                hull_lo, hull_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
-                KH, KW, BLOCK_K, BASE_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION, False,
+            ch, ch_ok, lo, hi, r1_hi, r2_lo, y_base, steps = _column_base_sum(
+                pid_n, sub, x_ptr, w_ptr, base_lo_ptr, base_hi_ptr, img, oh, ow, m_ok,
+                H, W, C_in, C_out, gate_group, uniform_lo, uniform_hi, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+                KH, KW, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SLOT, GROUPS_PER_BLOCK, SLOT_IS_GROUP, BASE_PATH,
+                RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION,
             )  # fmt: skip
-            base_steps += k_steps(hull_lo, hull_hi, BLOCK_K)
+            base_steps += steps
         cond_steps += k_steps(0, r1_hi, BLOCK_K) + k_steps(r2_lo, C_in, BLOCK_K)
         y = y_base
         out_mask = m_ok[:, None] & ch_ok[None, :]
@@ -166,6 +157,31 @@ def _gated_conv2d_kernel(
         if runs_here:
             tl.atomic_add(stats_ptr + 1, 1)
             tl.atomic_add(stats_ptr + 3, cond_steps.to(tl.int64) * step_macs)
+
+
+@triton.jit
+def _column_base_sum(
+    pid_n, sub, x_ptr, w_ptr, base_lo_ptr, base_hi_ptr, img, oh, ow, m_ok,
+    H, W, C_in, C_out, gate_group, uniform_lo, uniform_hi, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_SLOT: tl.constexpr, GROUPS_PER_BLOCK: tl.constexpr, SLOT_IS_GROUP: tl.constexpr, BASE_PATH: tl.constexpr,
+    RANGE_ALIGN: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Sub-block ``sub`` of channel block ``pid_n``: ``(ch, ch_ok, lo, hi, r1_hi, r2_lo, y_base, steps)``.
+
+    Its columns and K ranges (:func:`kernels.gated_blocks.column_ranges`), its float32
+    ``[BLOCK_M, BLOCK_N]`` base sum over the base hull, and the K steps that loop ran per tap.
+    """
+    ch, ch_ok, lo, hi, hull_lo, hull_hi, r1_hi, r2_lo = column_ranges(
+        pid_n, sub, gate_group, C_in, C_out, base_lo_ptr, base_hi_ptr, uniform_lo, uniform_hi,
+        BLOCK_N, GROUP_SLOT, GROUPS_PER_BLOCK, SLOT_IS_GROUP, BASE_PATH,
+    )  # fmt: skip
+    y_base = accumulate_taps(
+        tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_ptr, w_ptr, img, oh, ow, m_ok, ch, ch_ok,
+        hull_lo, hull_hi, lo, hi, H, W, C_in, C_out, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+        KH, KW, BLOCK_K, BASE_PATH, RANGE_ALIGN, UPCAST_DOT, DOT_PRECISION, False,
+    )  # fmt: skip
+    return ch, ch_ok, lo, hi, r1_hi, r2_lo, y_base, k_steps(hull_lo, hull_hi, BLOCK_K)
 
 
 @triton.jit
