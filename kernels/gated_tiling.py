@@ -263,16 +263,18 @@ class CompactTiling:
         ``num_warps`` for ``block_m``; ``tail_num_warps`` for 16; 4 (one
         warpgroup, which a Hopper warpgroup MMA needs) from 64 rows; twice
         ``tail_num_warps``, at most 4, for 32; for the transposed 8-row tile
-        one warp per 16 columns, at most 4 (compiled for sm_90, 32 columns at
-        ``block_k`` 64 took 168 registers and spilled on one warp, 95 on two;
-        16 columns on two warps lose their 16-byte loads).
+        one warp per 16 columns, at most 4, and no more than leave each thread
+        two elements of its ``8 x block_k`` input tile (compiled for sm_90, 32
+        columns at ``block_k`` 64 took 168 registers and spilled on one warp,
+        95 on two; 16 columns on two warps, or 64 columns at ``block_k`` 16 on
+        four, loaded their inputs as scalar 16-bit loads).
         """
         if height == self.block_m:
             return self.num_warps
         if height == TAIL_BLOCK_M:
             return self.tail_num_warps
         if height == LAST_BLOCK_M:
-            return min(4, max(1, self.block_n // 16))
+            return min(4, max(1, self.block_n // 16), max(1, LAST_BLOCK_M * self.block_k // 64))
         return 4 if height >= 64 else min(4, 2 * self.tail_num_warps)
 
     @property
